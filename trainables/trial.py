@@ -1,0 +1,265 @@
+"""One trial: build the model, train epoch by epoch, evaluate, checkpoint, report.
+
+This is everything that happens inside a Ray Tune trial, with no Ray, MLflow or CLI in
+sight: ``run_trial`` takes a typed config, a decoded dataset and a ``report`` callback
+(``tune.report`` in a study, a printer in ``search trial``), so it is tested directly.
+
+Only the train and validation splits are touched; the test split is reserved for the
+final model (``search best --export``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.augment import AugmentSpec, InputSpec, prepare_batch
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.config import TrialConfig
+from trainables.data import ImageDataset
+from trainables.metrics import classification_metrics
+from trainables.models import TransferModel, build_model
+from trainables.optim import Schedule, build_optimizer, penalty
+
+Report = Callable[[dict[str, float], Path | None], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the trial cannot go on."""
+
+
+class TrialSetupError(ValueError):
+    """The config does not fit the data (e.g. a crop larger than the images)."""
+
+
+@dataclass
+class TrialState:
+    """What a running trial holds; rebuilt from a config and restored from checkpoints."""
+
+    model: TransferModel
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    generator: torch.Generator
+    input_spec: InputSpec
+    augment: AugmentSpec
+    device: torch.device
+    class_weights: torch.Tensor | None
+    epoch: int = 0
+    history: list[dict[str, float]] | None = None
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def input_spec_for(config: TrialConfig, data: ImageDataset, model: TransferModel) -> InputSpec:
+    """Crop, size, channels and normalisation, checked against the stored images."""
+    height, width = data.images.shape[1:3]
+    if config.crop_size is not None and config.crop_size > min(height, width):
+        raise TrialSetupError(
+            f"crop_size {config.crop_size} is larger than the stored images ({height}x{width}); "
+            f"use crop_size <= {min(height, width)} or decode larger images with data.image_size"
+        )
+    in_chans = config.in_chans or data.channels
+    return InputSpec(
+        crop_size=config.crop_size,
+        input_size=config.input_size,
+        in_chans=in_chans,
+        mean=tuple(model.data_config["mean"]),
+        std=tuple(model.data_config["std"]),
+    )
+
+
+def build_trial(config: TrialConfig, data: ImageDataset) -> TrialState:
+    """Seed everything and build model, optimizer and schedule for a fresh trial."""
+    if len(data.splits["train"]) == 0 or len(data.splits["val"]) == 0:
+        raise TrialSetupError(f"a trial needs train and val images, but the splits are {data.split_sizes()}")
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    device = select_device(config.device)
+    in_chans = config.in_chans or data.channels
+    model = build_model(config, num_classes=data.num_classes, in_chans=in_chans).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    spec = input_spec_for(config, data, model)
+    steps = math.ceil(len(data.splits["train"]) / config.batch_size)
+    optimizer = build_optimizer(model, model.stage_of(), model.num_stages, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    weights = None
+    if config.class_weighting == "balanced":
+        counts = np.bincount(data.labels[data.splits["train"]], minlength=data.num_classes).astype(np.float64)
+        weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
+    return TrialState(
+        model=model,
+        optimizer=optimizer,
+        schedule=Schedule(optimizer, config, steps),
+        generator=generator,
+        input_spec=spec,
+        augment=AugmentSpec(config.aug_flip, config.aug_rot90, config.aug_color, config.aug_shift),
+        device=device,
+        class_weights=weights,
+        history=[],
+    )
+
+
+def state_dict(state: TrialState, config: TrialConfig) -> dict:
+    """Everything needed to resume exactly: weights, optimizer, schedule, RNGs, history."""
+    return {
+        "epoch": state.epoch,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "schedule": state.schedule.state_dict(),
+        "generator": state.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "config": config.to_dict(),
+        "history": state.history,
+    }
+
+
+def restore(state: TrialState, checkpoint: dict) -> None:
+    """Load a checkpoint produced by :func:`state_dict` into a freshly built trial."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.schedule.load_state_dict(checkpoint["schedule"])
+    state.generator.set_state(checkpoint["generator"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if checkpoint["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+    state.epoch = int(checkpoint["epoch"])
+    state.history = list(checkpoint["history"])
+
+
+def images_tensor(data: ImageDataset, device: torch.device) -> torch.Tensor:
+    """The decoded uint8 images as a tensor, on the GPU when it is the trial's device.
+
+    Arrays from Ray's object store are read-only; the tensor only ever gets indexed
+    (which copies), so sharing that memory is safe and avoids a copy per trial.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        images = torch.from_numpy(data.images)
+    return images.to(device) if device.type == "cuda" else images
+
+
+def train_epoch(state: TrialState, config: TrialConfig, images: torch.Tensor, data: ImageDataset) -> tuple[float, int]:
+    """One pass over the training split; returns (mean loss, images seen)."""
+    model, device = state.model, state.device
+    model.train()
+    train_idx = torch.from_numpy(data.splits["train"])
+    labels_all = torch.from_numpy(data.labels)
+    order = train_idx[torch.randperm(len(train_idx), generator=state.generator)]
+    cuda = device.type == "cuda"
+    total, seen = 0.0, 0
+    for start in range(0, len(order), config.batch_size):
+        batch_idx = order[start : start + config.batch_size]
+        if len(batch_idx) < 2:  # BatchNorm cannot train on a batch of one
+            continue
+        x = prepare_batch(images[batch_idx.to(images.device)].to(device, non_blocking=True), state.input_spec,
+                          state.augment, state.generator, channels_last=cuda)
+        y = labels_all[batch_idx].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=state.class_weights)
+        extra = penalty(model.named_parameters(), config.l1, config.l2)
+        objective = loss if extra is None else loss + extra
+        if not torch.isfinite(objective):
+            raise NonFiniteLossError(
+                f"training loss became {objective.item()} at epoch {state.epoch + 1}, step {start // config.batch_size}; "
+                f"lower lr (now {config.lr:g}) or the l1/l2 penalties (now {config.l1:g}/{config.l2:g})"
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        state.optimizer.step()
+        state.schedule.step()
+        total += loss.item() * len(batch_idx)
+        seen += len(batch_idx)
+    return total / max(seen, 1), seen
+
+
+@torch.no_grad()
+def predict(model: TransferModel, images: torch.Tensor, indices: np.ndarray, spec: InputSpec,
+            device: torch.device, batch_size: int) -> np.ndarray:
+    """Class probabilities ``(len(indices), K)`` in evaluation mode (centre crop)."""
+    model.eval()
+    cuda = device.type == "cuda"
+    out = []
+    for start in range(0, len(indices), batch_size):
+        idx = torch.from_numpy(indices[start : start + batch_size]).to(images.device)
+        x = prepare_batch(images[idx].to(device), spec, channels_last=cuda)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def evaluate(state: TrialState, config: TrialConfig, images: torch.Tensor, data: ImageDataset, split: str = "val") -> dict[str, float]:
+    """Metrics of ``split`` with its unweighted cross-entropy as ``<split>_loss``."""
+    indices = data.splits[split]
+    probs = predict(state.model, images, indices, state.input_spec, state.device, config.eval_batch_size)
+    labels = data.labels[indices]
+    metrics = classification_metrics(labels, probs, prefix=f"{split}_")
+    metrics[f"{split}_loss"] = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels)))
+    return metrics
+
+
+def run_trial(
+    config: TrialConfig,
+    data: ImageDataset,
+    report: Report | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+) -> list[dict[str, float]]:
+    """Train ``config`` on ``data`` for ``config.epochs`` epochs and return the history.
+
+    Each epoch ends with a validation pass, a checkpoint in ``checkpoint_dir`` (when
+    given) and one ``report(metrics, checkpoint_dir)`` call, so a Tune trial's
+    ``training_iteration`` equals its epoch. ``resume_from`` (a checkpoint file or
+    directory) continues exactly where that checkpoint stopped.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf; the message names the likely fix.
+        TrialSetupError: the config does not fit the data.
+    """
+    state = build_trial(config, data)
+    if resume_from is not None:
+        restore(state, load_checkpoint(resume_from))
+    images = images_tensor(data, state.device)
+    trainable, total = state.model.trainable_parameters()
+    while state.epoch < config.epochs:
+        started = time.perf_counter()
+        train_loss, seen = train_epoch(state, config, images, data)
+        train_seconds = time.perf_counter() - started
+        metrics = evaluate(state, config, images, data, "val")
+        state.schedule.end_epoch(metrics["val_loss"])
+        state.epoch += 1
+        metrics.update(
+            epoch=state.epoch,
+            train_loss=train_loss,
+            lr=state.optimizer.param_groups[-1]["lr"],
+            trainable_params=float(trainable),
+            trainable_fraction=trainable / max(total, 1),
+            epoch_seconds=time.perf_counter() - started,
+            images_per_second=seen / max(train_seconds, 1e-9),
+        )
+        state.history.append(metrics)
+        saved = None
+        if checkpoint_dir is not None:
+            save_checkpoint(state_dict(state, config), checkpoint_dir)
+            saved = Path(checkpoint_dir)
+        if report is not None:
+            report(metrics, saved)
+    return state.history
