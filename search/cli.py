@@ -1,8 +1,10 @@
 """The ``search`` command line.
 
-``search trial SPACE.yaml [--set key=value ...]`` runs one trial in-process with the
-space's default values, one line of metrics per epoch: the way to check a space before
-launching a study.
+- ``search trial SPACE.yaml [--set key=value ...]`` runs one trial in-process with the
+  space's default values, one line of metrics per epoch: the way to check a space before
+  launching a study.
+- ``search run SPACE.yaml`` runs a study on Ray Tune (locally, or on a cluster with
+  ``--address``), logging every trial to MLflow; ``--resume`` continues one.
 """
 
 from __future__ import annotations
@@ -39,6 +41,21 @@ def _trial(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from search.study import StudyOptions, run_study
+    from trainables.data import DataError
+
+    options = StudyOptions(name=args.name, address=args.address, num_samples=args.num_samples,
+                           time_budget=args.time_budget, resume=args.resume, tracking_uri=args.tracking_uri,
+                           storage=args.storage, num_cpus=args.num_cpus)
+    try:
+        run_study(args.space, options)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _print_epoch(metrics: dict[str, float], checkpoint: Path | None) -> None:
     print(
         f"epoch {metrics['epoch']:>3}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
@@ -58,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--out", help="checkpoint directory (default runs/trials/<space>-<time>)")
     trial.add_argument("--resume", help="checkpoint file or directory to continue from")
     trial.set_defaults(func=_trial)
+
+    run = commands.add_parser("run", help="run a study: Optuna proposes, ASHA stops early, MLflow records")
+    run.add_argument("space", help="space YAML file, e.g. spaces/quickstart.yaml")
+    run.add_argument("--name", help="study name (default: the space's name)")
+    run.add_argument("--address", help="join a running Ray cluster (e.g. auto or 10.0.0.1:6379); default: start Ray here")
+    run.add_argument("--num-samples", type=int, help="number of trials (overrides tune.num_samples)")
+    run.add_argument("--time-budget", help="wall-clock budget, e.g. 45m or 2h (overrides tune.time_budget)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    run.add_argument("--storage", help="folder holding studies (default: $MEDTUNE_STORAGE or runs/studies)")
+    run.add_argument("--num-cpus", type=int, help="CPUs Ray may use in local mode (default: all)")
+    run.set_defaults(func=_run)
     return parser
 
 

@@ -7,7 +7,11 @@ A space is data, not code. Its sections:
   resolve under ``MEDTUNE_DATA``);
 - ``params``: fixed trial parameters (:class:`trainables.config.TrialConfig` keys);
 - ``search``: searched trial parameters, each a distribution with an optional
-  ``default`` (used by ``search trial``).
+  ``default`` (used by ``search trial``) and an optional ``when`` condition;
+- ``tune``: search algorithm, number of trials, time budget, metric, seed;
+- ``scheduler``: ASHA early stopping (or none);
+- ``resources``: CPUs and GPU fraction per trial;
+- ``mlflow``: experiment name and tracking URI.
 
 Every mistake is reported as a :class:`SpaceError` naming the file, the key path, the
 value and the fix, before any expensive work starts. ``spaces/README.md`` documents every
@@ -40,6 +44,106 @@ class SpaceError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class TuneSettings:
+    """How trials are proposed and judged.
+
+    Attributes:
+        algorithm: ``tpe`` (Optuna TPE, multivariate, seeded), ``random`` or ``grid``
+            (every combination of ``choice`` parameters).
+        num_samples: number of trials (``grid``: repeats of the grid).
+        time_budget: wall-clock budget such as ``90m`` or ``2h``; ``None`` = no limit.
+        metric / mode: what the search optimises; a validation metric, never a test one.
+        seed: seeds the sampler (the data split has its own seed in ``data``).
+        max_concurrent: cap on trials running at once (``None`` = as resources allow).
+        max_failures: retries of a crashed trial from its last checkpoint.
+        startup_trials: random trials before TPE starts modelling.
+    """
+
+    algorithm: Literal["tpe", "random", "grid"] = "tpe"
+    num_samples: int = 10
+    time_budget: str | None = None
+    metric: str = "val_auc"
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    startup_trials: int = 5
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, but got {self.num_samples}")
+        if self.metric.startswith("test_"):
+            raise ValueError(f"metric {self.metric!r} is a test metric: selecting on the test split leaks it; "
+                             f"use a validation metric such as val_auc")
+        if self.metric not in SEARCH_METRICS:
+            close = difflib.get_close_matches(self.metric, SEARCH_METRICS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(SEARCH_METRICS)}"
+            raise ValueError(f"metric {self.metric!r} is not reported by trials; {hint}")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
+
+    @property
+    def time_budget_s(self) -> float | None:
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
+
+SEARCH_METRICS = ("val_auc", "val_acc", "val_balanced_acc", "val_f1", "val_sensitivity", "val_specificity",
+                  "val_loss", "train_loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerSettings:
+    """Early stopping of weak trials on the epoch axis.
+
+    ``asha``: a trial reaching epoch ``grace_period * reduction_factor**k`` continues only
+    if its metric is in the top ``1/reduction_factor`` of trials that reached that rung.
+    """
+
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.grace_period < 1:
+            raise ValueError(f"grace_period must be >= 1 epoch, but got {self.grace_period}")
+        if self.reduction_factor <= 1:
+            raise ValueError(f"reduction_factor must be > 1, but got {self.reduction_factor}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceSettings:
+    """Per-trial resources; ``gpus`` below 1 packs several trials on one GPU."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cpus <= 0 or self.gpus < 0:
+            raise ValueError(f"cpus must be > 0 and gpus >= 0, but got cpus={self.cpus}, gpus={self.gpus}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MlflowSettings:
+    """Where trials are logged; ``None`` = space name / ``MLFLOW_TRACKING_URI`` / ``sqlite:///mlflow.db``."""
+
+    experiment: str | None = None
+    tracking_uri: str | None = None
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"45m"``, ``"2h"``, ``"1h30m"`` or a number of seconds -> seconds."""
+    import re
+
+    value = str(text).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", value)
+    if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
+        raise ValueError(f"time budget {text!r} is not a duration; write e.g. 90m, 2h or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+@dataclasses.dataclass(frozen=True)
 class Distribution:
     """One searched parameter: ``choice`` over values, or a numeric range.
 
@@ -53,6 +157,11 @@ class Distribution:
     high: float | None = None
     q: float | None = None
     default: Any = None
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def active(self, sampled: dict[str, Any]) -> bool:
+        """Whether the ``when`` condition holds for the values sampled so far."""
+        return all(sampled.get(key) in values for key, values in self.when)
 
     def default_value(self) -> Any:
         """The explicit default, else the first choice or the range's (geometric) middle."""
@@ -83,6 +192,23 @@ class Space:
     params: dict[str, Any]
     search: dict[str, Distribution]
     raw: dict[str, Any]
+    tune: TuneSettings = TuneSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    resources: ResourceSettings = ResourceSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial may run (ASHA's ``max_t``)."""
+        epochs = self.search.get("epochs")
+        if epochs is not None:
+            return int(max(epochs.values) if epochs.kind == "choice" else epochs.high)
+        return int(self.params.get("epochs", TrialConfig.epochs))
+
+    @property
+    def text(self) -> str:
+        """The space file as the user wrote it (logged with the study)."""
+        return self.path.read_text()
 
     def default_params(self) -> dict[str, Any]:
         """Fixed parameters plus every searched parameter's default."""
@@ -119,12 +245,12 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
     return parse_space(path, raw)
 
 
-TOP_LEVEL = ("name", "description", "data", "params", "search")
+TOP_LEVEL = ("name", "description", "data", "params", "search", "tune", "scheduler", "resources", "mlflow")
 
 
-def parse_space(path: Path, raw: dict[str, Any], extra_sections: tuple[str, ...] = ()) -> Space:
+def parse_space(path: Path, raw: dict[str, Any]) -> Space:
     """Validate the parsed YAML of a space (see the module docstring for the sections)."""
-    _check_keys(path, "", raw, TOP_LEVEL + extra_sections)
+    _check_keys(path, "", raw, TOP_LEVEL)
     if "data" not in raw:
         raise SpaceError(path, "data", "is missing", "add a data section with at least `source: <file>`")
     data = _parse_data(path, raw["data"])
@@ -144,7 +270,12 @@ def parse_space(path: Path, raw: dict[str, Any], extra_sections: tuple[str, ...]
         params=params,
         search=search,
         raw=raw,
+        tune=build_section(path, "tune", raw.get("tune"), TuneSettings),
+        scheduler=build_section(path, "scheduler", raw.get("scheduler"), SchedulerSettings),
+        resources=build_section(path, "resources", raw.get("resources"), ResourceSettings),
+        mlflow=build_section(path, "mlflow", raw.get("mlflow"), MlflowSettings),
     )
+    _check_conditions(path, space)
     try:
         space.default_config()
     except ValueError as err:
@@ -155,24 +286,55 @@ def parse_space(path: Path, raw: dict[str, Any], extra_sections: tuple[str, ...]
 def _parse_data(path: Path, section: Any) -> DataConfig:
     if not isinstance(section, dict) or "source" not in section:
         raise SpaceError(path, "data", "must be a mapping with a `source` key", "e.g. `source: medmnist/pneumoniamnist.npz`")
-    fields = {f.name: f for f in dataclasses.fields(DataConfig)}
-    _check_keys(path, "data.", section, fields)
-    values = dict(section)
-    values["source"] = str(resolve_data_path(str(section["source"])))
-    for key, value in values.items():
+    values = {**section, "source": str(resolve_data_path(str(section["source"])))}
+    return build_section(path, "data", values, DataConfig)
+
+
+def build_section(path: Path, name: str, section: Any, cls: type) -> Any:
+    """Build the dataclass ``cls`` from a YAML mapping, coercing scalars by field type.
+
+    Unknown keys are refused with the closest valid key; values of the wrong kind are
+    refused with the key path, the value and the expected type.
+    """
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise SpaceError(path, name, f"must be a mapping, but got {section!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(path, f"{name}.", section, fields)
+    values = {}
+    for key, value in section.items():
         kind = str(fields[key].type)
         try:
-            if value is None:
-                continue
-            if kind.startswith("float"):
-                values[key] = float(value)
-            elif kind.startswith("int") or kind.startswith("Literal[1, 3]"):
-                values[key] = int(value)
-            elif kind == "bool" and not isinstance(value, bool):
-                raise ValueError
+            values[key] = _coerce_scalar(value, kind)
         except (TypeError, ValueError):
-            raise SpaceError(path, f"data.{key}", f"expects {kind}, but got {value!r}") from None
-    return DataConfig(**values)
+            raise SpaceError(path, f"{name}.{key}", f"expects {kind}, but got {value!r}") from None
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise SpaceError(path, name, str(err)) from None
+
+
+def _coerce_scalar(value: Any, kind: str) -> Any:
+    """YAML reads ``1e-3`` as a string and ``3`` as an int: turn them into the field's type."""
+    if value is None:
+        if "None" not in kind:
+            raise ValueError(value)
+        return None
+    base = kind.split(" | ")[0]
+    if base == "float":
+        return float(value)
+    if base == "int" or base.startswith("Literal[1"):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value)
+    if base == "bool" and not isinstance(value, bool):
+        raise ValueError(value)
+    if base.startswith("Literal["):
+        allowed = [a.strip().strip("'\"") for a in base[8:-1].split(",")]
+        if str(value) not in allowed:
+            raise ValueError(value)
+    return value
 
 
 def _parse_distribution(path: Path, key: str, spec: Any) -> Distribution:
@@ -183,7 +345,8 @@ def _parse_distribution(path: Path, key: str, spec: Any) -> Distribution:
         raise SpaceError(path, key, f"must be a distribution, but got {spec!r}",
                          "write e.g. `{loguniform: [1e-4, 1e-2]}` or `{choice: [adam, sgd]}`, or move it to params")
     kinds = [k for k in spec if k in DISTRIBUTIONS]
-    unknown = [k for k in spec if k not in DISTRIBUTIONS and k != "default"]
+    unknown = [k for k in spec if k not in DISTRIBUTIONS and k not in ("default", "when")]
+    when = _parse_when(path, f"{key}.when", spec.get("when"))
     if unknown or len(kinds) != 1:
         bad = unknown[0] if unknown else ", ".join(kinds) or "(none)"
         close = difflib.get_close_matches(bad, DISTRIBUTIONS, n=1)
@@ -197,7 +360,7 @@ def _parse_distribution(path: Path, key: str, spec: Any) -> Distribution:
             raise SpaceError(path, key, f"choice needs a non-empty list, but got {args!r}")
         if default is not None and default not in args:
             raise SpaceError(path, f"{key}.default", f"{default!r} is not one of the choices {args}")
-        return Distribution("choice", values=tuple(_hashable(v) for v in args), default=_hashable(default))
+        return Distribution("choice", values=tuple(_hashable(v) for v in args), default=_hashable(default), when=when)
     expected = 3 if kind == "quniform" else 2
     if not isinstance(args, list) or len(args) != expected:
         shape = "[low, high, q]" if kind == "quniform" else "[low, high]"
@@ -224,7 +387,29 @@ def _parse_distribution(path: Path, key: str, spec: Any) -> Distribution:
         if not low <= default_num <= high:
             raise SpaceError(path, f"{key}.default", f"{default!r} lies outside [{args[0]}, {args[1]}]")
         default = int(default_num) if kind in ("int", "logint") else default_num
-    return Distribution(kind, low=low, high=high, q=q, default=default)
+    return Distribution(kind, low=low, high=high, q=q, default=default, when=when)
+
+
+def _parse_when(path: Path, key: str, spec: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """``when: {optimizer: [sgd, rmsprop]}`` -> ``(("optimizer", ("sgd", "rmsprop")),)``."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict) or not spec:
+        raise SpaceError(path, key, f"must map parameters to allowed values, but got {spec!r}",
+                         "e.g. `when: {optimizer: [sgd, rmsprop]}`")
+    return tuple((str(k), tuple(_hashable(x) for x in (v if isinstance(v, list) else [v]))) for k, v in spec.items())
+
+
+def _check_conditions(path: Path, space: Space) -> None:
+    """A condition may only name a parameter searched before it (define-by-run order)."""
+    seen: list[str] = []
+    for name, dist in space.search.items():
+        for key, _ in dist.when:
+            if key not in seen:
+                where = "is searched after it" if key in space.search else "is not searched"
+                raise SpaceError(path, f"search.{name}.when.{key}", f"'{key}' {where}",
+                                 "conditions may only name parameters listed earlier in `search`")
+        seen.append(name)
 
 
 def _hashable(value: Any) -> Any:

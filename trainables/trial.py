@@ -31,6 +31,7 @@ from trainables.models import TransferModel, build_model
 from trainables.optim import Schedule, build_optimizer, penalty
 
 Report = Callable[[dict[str, float], Path | None], None]
+PREDICTIONS_FILE = "val_predictions.npz"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -206,14 +207,15 @@ def predict(model: TransferModel, images: torch.Tensor, indices: np.ndarray, spe
     return torch.cat(out).numpy()
 
 
-def evaluate(state: TrialState, config: TrialConfig, images: torch.Tensor, data: ImageDataset, split: str = "val") -> dict[str, float]:
-    """Metrics of ``split`` with its unweighted cross-entropy as ``<split>_loss``."""
+def evaluate(state: TrialState, config: TrialConfig, images: torch.Tensor, data: ImageDataset,
+             split: str = "val") -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of ``split`` (its unweighted cross-entropy as ``<split>_loss``) and its probabilities."""
     indices = data.splits[split]
     probs = predict(state.model, images, indices, state.input_spec, state.device, config.eval_batch_size)
     labels = data.labels[indices]
     metrics = classification_metrics(labels, probs, prefix=f"{split}_")
     metrics[f"{split}_loss"] = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels)))
-    return metrics
+    return metrics, probs
 
 
 def run_trial(
@@ -226,7 +228,8 @@ def run_trial(
     """Train ``config`` on ``data`` for ``config.epochs`` epochs and return the history.
 
     Each epoch ends with a validation pass, a checkpoint in ``checkpoint_dir`` (when
-    given) and one ``report(metrics, checkpoint_dir)`` call, so a Tune trial's
+    given, with the epoch's validation scores in ``val_predictions.npz``) and one
+    ``report(metrics, checkpoint_dir)`` call, so a Tune trial's
     ``training_iteration`` equals its epoch. ``resume_from`` (a checkpoint file or
     directory) continues exactly where that checkpoint stopped.
 
@@ -243,7 +246,7 @@ def run_trial(
         started = time.perf_counter()
         train_loss, seen = train_epoch(state, config, images, data)
         train_seconds = time.perf_counter() - started
-        metrics = evaluate(state, config, images, data, "val")
+        metrics, probs = evaluate(state, config, images, data, "val")
         state.schedule.end_epoch(metrics["val_loss"])
         state.epoch += 1
         metrics.update(
@@ -259,6 +262,8 @@ def run_trial(
         saved = None
         if checkpoint_dir is not None:
             save_checkpoint(state_dict(state, config), checkpoint_dir)
+            # Labels and scores only (no images): enough for ROC curves and confusion matrices.
+            np.savez(Path(checkpoint_dir) / PREDICTIONS_FILE, labels=data.labels[data.splits["val"]], probs=probs)
             saved = Path(checkpoint_dir)
         if report is not None:
             report(metrics, saved)

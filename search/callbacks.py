@@ -1,0 +1,242 @@
+"""Tune callbacks run by the driver: MLflow logging and a compact progress line.
+
+Both are pickled into the study when it starts and unpickled by ``Tuner.restore``, so
+they hold only plain settings; whatever they learn during a study is read back from
+MLflow or from the trials themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from ray.tune import Callback
+
+from search.tracking import (
+    STATE_TAG,
+    TRIAL_TAG,
+    Metric,
+    MlflowClient,
+    Param,
+    RunTag,
+    find_child_run,
+    finite_metrics,
+    log_png,
+    logged_epochs,
+    now_ms,
+    roc_and_confusion_png,
+)
+from trainables.trial import PREDICTIONS_FILE
+
+# What each epoch's report carries (Tune adds its own bookkeeping keys, which are not logged).
+EPOCH_METRICS = (
+    "val_auc", "val_acc", "val_balanced_acc", "val_f1", "val_sensitivity", "val_specificity", "val_loss",
+    "train_loss", "lr", "trainable_params", "trainable_fraction", "epoch_seconds", "images_per_second",
+)
+
+
+def trial_epochs(trial, fixed: dict[str, Any]) -> int:
+    """Epochs the trial was configured for (sampled, else fixed, else the default)."""
+    from trainables.config import TrialConfig
+
+    return int(trial.config.get("epochs", fixed.get("epochs", TrialConfig.epochs)))
+
+
+def final_state(trial, fixed: dict[str, Any]) -> tuple[str, int]:
+    """``("completed" | "stopped_early", last epoch)`` of a trial that ended without error."""
+    epoch = int((trial.last_result or {}).get("epoch", 0))
+    return ("completed" if epoch >= trial_epochs(trial, fixed) else "stopped_early"), epoch
+
+
+class MlflowTrialLogger(Callback):
+    """One nested MLflow child run per trial under the study's parent run.
+
+    Params at start, metrics every epoch (``step`` = epoch), the final state (completed,
+    stopped early at epoch k, or errored with the reason), ROC curve and confusion matrix
+    of the best epoch.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, fixed: dict[str, Any],
+                 metric: str, mode: str, class_names: list[str], stopper: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.fixed = fixed
+        self.metric = metric
+        self.mode = mode
+        self.class_names = class_names
+        self.stopper = stopper
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+        self._logged: dict[str, int] = {}
+        self._last: dict[str, dict[str, Any]] = {}
+        self._best: dict[str, tuple[float, int, Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_runs": {}, "_logged": {}, "_last": {}, "_best": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial) -> str:
+        """The trial's child run: found again after a resume, else created with its params."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        run_id = find_child_run(self.client, self.experiment_id, self.parent_run_id, trial.trial_id)
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.trial_id}", tags={
+                "mlflow.parentRunId": self.parent_run_id,
+                TRIAL_TAG: trial.trial_id,
+                STATE_TAG: "running",
+                "medtune.searched": json.dumps(sorted(trial.config)),
+            })
+            run_id = run.info.run_id
+            params = {**self.fixed, **trial.config}
+            self.client.log_batch(run_id, params=[Param(k, _text(v)) for k, v in sorted(params.items())])
+            self._logged[trial.trial_id] = 0
+        else:
+            self.client.set_terminated(run_id, "RUNNING")
+            self.client.set_tag(run_id, STATE_TAG, "running")
+            self._logged[trial.trial_id] = logged_epochs(self.client, run_id)
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self.run_id(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        self._last[trial.trial_id] = result
+        if epoch <= self._logged.get(trial.trial_id, 0):
+            return  # already logged before a restart from an earlier checkpoint
+        stamp = now_ms()
+        metrics = [Metric(k, v, stamp, epoch) for k, v in finite_metrics(result, EPOCH_METRICS).items()]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._logged[trial.trial_id] = epoch
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        result = self._last.get(trial.trial_id, {})
+        value = result.get(self.metric)
+        if not isinstance(value, (int, float)) or not np.isfinite(value):
+            return
+        best = self._best.get(trial.trial_id)
+        sign = 1 if self.mode == "max" else -1
+        if best is None or sign * value > sign * best[0]:
+            self._best[trial.trial_id] = (float(value), int(result.get("epoch", 0)), checkpoint)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_id(trial)
+        state, epoch = final_state(trial, self.fixed)
+        tags = {STATE_TAG: state, "medtune.last_epoch": str(epoch)}
+        if state == "stopped_early":
+            tags["medtune.stopped_by"] = self.stopper
+        best = self._best.get(trial.trial_id)
+        if best is not None:
+            value, best_epoch, checkpoint = best
+            tags.update({"medtune.best_epoch": str(best_epoch), f"medtune.best_{self.metric}": f"{value:.6f}"})
+            self.client.log_metric(run_id, f"best_{self.metric}", value, step=best_epoch)
+            self._log_best_plots(run_id, checkpoint)
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_id(trial)
+        error = trial.get_error() or "unknown error"
+        reason = str(error).strip().splitlines()[-1][:1000] if str(error).strip() else "unknown error"
+        self.client.log_batch(run_id, tags=[RunTag(STATE_TAG, "errored"), RunTag("medtune.error", reason)])
+        self.client.log_text(run_id, str(error), "error.txt")
+        self.client.set_terminated(run_id, "FAILED")
+
+    def _log_best_plots(self, run_id: str, checkpoint) -> None:
+        try:
+            with checkpoint.as_directory() as directory:
+                saved = np.load(f"{directory}/{PREDICTIONS_FILE}")
+                labels, probs = saved["labels"], saved["probs"]
+        except (OSError, KeyError, ValueError) as err:
+            print(f"medtune: no validation predictions in the best checkpoint ({err})", file=sys.stderr)
+            return
+        for name, content in roc_and_confusion_png(labels, probs, self.class_names).items():
+            log_png(self.client, run_id, name, content)
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+class ProgressLine(Callback):
+    """A compact status line instead of pages of logs, every ``every_s`` seconds.
+
+    ``[12:04 elapsed, ETA 47:56] running 2 | pending 9 | done 3 | stopped early 4 | errored 0 | best val_auc 0.9612``
+    """
+
+    def __init__(self, metric: str, mode: str, fixed: dict[str, Any], budget_s: float | None, every_s: float = 15.0) -> None:
+        self.metric, self.mode, self.fixed = metric, mode, fixed
+        self.budget_s, self.every_s = budget_s, every_s
+        self._start = time.time()
+        self._last_print = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_last_print": 0.0}
+
+    def setup(self, **info) -> None:
+        self._start = time.time()
+
+    def counts(self, trials) -> dict[str, int]:
+        counts = {"running": 0, "pending": 0, "done": 0, "stopped early": 0, "errored": 0}
+        for trial in trials:
+            if trial.status == "RUNNING":
+                counts["running"] += 1
+            elif trial.status in ("PENDING", "PAUSED"):
+                counts["pending"] += 1
+            elif trial.status == "ERROR":
+                counts["errored"] += 1
+            elif trial.status == "TERMINATED":
+                counts["done" if final_state(trial, self.fixed)[0] == "completed" else "stopped early"] += 1
+        return counts
+
+    def best(self, trials) -> float | None:
+        values = [t.metric_analysis.get(self.metric, {}).get(self.mode) for t in trials]
+        values = [v for v in values if isinstance(v, (int, float)) and np.isfinite(v)]
+        if not values:
+            return None
+        return max(values) if self.mode == "max" else min(values)
+
+    def line(self, trials) -> str:
+        elapsed = time.time() - self._start
+        clock = f"{_mmss(elapsed)} elapsed"
+        if self.budget_s:
+            clock += f", {_mmss(max(0.0, self.budget_s - elapsed))} of budget left"
+        parts = " | ".join(f"{k} {v}" for k, v in self.counts(trials).items())
+        best = self.best(trials)
+        return f"[{clock}] {parts} | best {self.metric} " + (f"{best:.4f}" if best is not None else "-")
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if time.time() - self._last_print >= self.every_s:
+            self._last_print = time.time()
+            print(self.line(trials), flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        state, epoch = final_state(trial, self.fixed)
+        value = (trial.last_result or {}).get(self.metric)
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+        print(f"trial {trial.trial_id} {state.replace('_', ' ')} at epoch {epoch}: {self.metric} {shown}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        error = str(trial.get_error() or "").strip().splitlines()
+        print(f"trial {trial.trial_id} errored: {error[-1] if error else 'unknown error'}", flush=True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        print(self.line(trials), flush=True)
+
+
+def _mmss(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"

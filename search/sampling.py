@@ -1,0 +1,102 @@
+"""Turn a space's ``search`` section into an Optuna define-by-run space and sampler.
+
+Define-by-run lets one parameter's range depend on another: ``when`` conditions
+(momentum only for sgd/rmsprop) and the stage indices, whose valid range depends on the
+backbone sampled before them (resnet18 has 5 feature stages, cnn3 has 3) and on the
+truncation depth (frozen stages <= stages kept).
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+from typing import Any, Callable
+
+import optuna
+
+from search.space import Distribution, Space, TuneSettings
+from trainables.config import TrialConfig
+
+STAGE_PARAMS = ("truncate_after", "frozen_stages")
+
+
+@lru_cache(maxsize=None)
+def _stages(backbone: str) -> int:
+    from trainables.models import backbone_stages
+
+    return backbone_stages(backbone)
+
+
+def stage_limits(values: dict[str, Any]) -> dict[str, int]:
+    """Largest valid ``truncate_after`` and ``frozen_stages`` given the backbone so far."""
+    stages = _stages(str(values.get("backbone", TrialConfig.backbone)))
+    truncate = values.get("truncate_after")
+    kept = stages if truncate is None else min(int(truncate), stages - 1) + 1
+    return {"truncate_after": stages - 1, "frozen_stages": kept}
+
+
+def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | None = None) -> Any:
+    """Ask Optuna for one value of ``dist``; ``upper`` clips an integer range's top."""
+    if dist.kind == "choice":
+        # Optuna's categorical values must be None/bool/int/float/str: index lists (head widths).
+        if any(isinstance(v, tuple) for v in dist.values):
+            labels = [str(list(v)) if isinstance(v, tuple) else str(v) for v in dist.values]
+            return dist.values[labels.index(trial.suggest_categorical(name, labels))]
+        return trial.suggest_categorical(name, list(dist.values))
+    low, high = dist.low, dist.high
+    if dist.kind in ("int", "logint"):
+        high_i = int(high) if upper is None else min(int(high), upper)
+        return trial.suggest_int(name, int(low), max(int(low), high_i), log=dist.kind == "logint")
+    if dist.kind == "quniform":
+        return trial.suggest_float(name, low, high, step=dist.q)
+    return trial.suggest_float(name, low, high, log=dist.kind == "loguniform")
+
+
+def define_by_run(space: Space) -> Callable[[optuna.Trial], dict[str, Any]]:
+    """The Optuna define-by-run function of ``space`` (fixed params are added by the trainable)."""
+
+    def sample(trial: optuna.Trial) -> dict[str, Any]:
+        values: dict[str, Any] = dict(space.params)
+        for name, dist in space.search.items():
+            if not dist.active(values):
+                continue
+            upper = stage_limits(values)[name] if name in STAGE_PARAMS else None
+            values[name] = suggest(trial, name, dist, upper)
+        return {}
+
+    return sample
+
+
+def sampler_for(space: Space) -> optuna.samplers.BaseSampler:
+    """Seeded TPE (multivariate, grouped, constant liar set explicitly), random or grid."""
+    tune: TuneSettings = space.tune
+    if tune.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=tune.seed)
+    if tune.algorithm == "grid":
+        return optuna.samplers.GridSampler(grid(space), seed=tune.seed)
+    return optuna.samplers.TPESampler(
+        seed=tune.seed,
+        multivariate=True,
+        group=True,
+        constant_liar=True,
+        n_startup_trials=tune.startup_trials,
+    )
+
+
+def grid(space: Space) -> dict[str, list[Any]]:
+    """Grid values per parameter; only ``choice`` and ``int`` parameters can be gridded."""
+    values: dict[str, list[Any]] = {}
+    for name, dist in space.search.items():
+        if dist.kind == "choice":
+            values[name] = [str(list(v)) if isinstance(v, tuple) else v for v in dist.values]
+        elif dist.kind == "int":
+            values[name] = list(range(int(dist.low), int(dist.high) + 1))
+        else:
+            raise ValueError(f"search.{name}: a grid search needs choice or int parameters, but got {dist.kind}; "
+                             f"list the values with `choice: [...]` or use algorithm: tpe/random")
+    return values
+
+
+def grid_size(space: Space) -> int:
+    """Number of grid points (the product of the value counts)."""
+    return len(list(itertools.product(*grid(space).values()))) if space.search else 1

@@ -1,0 +1,197 @@
+"""Run or resume a study: a space in, a Ray Tune search out, every trial in MLflow.
+
+Data flow: validate the space (before Ray starts) -> decode the dataset once (cached on
+disk) -> put it in Ray's object store once -> Tuner with OptunaSearch + ASHA -> MLflow
+parent run with one child per trial. A study lives in ``<storage>/<name>/``; the file
+``medtune_study.json`` there remembers what ``--resume`` needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.space import Space, SpaceError, load_space
+
+STUDY_FILE = "medtune_study.json"
+ASHA_FILE = "asha_state.json"
+DEFAULT_STORAGE = "runs/studies"
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Command-line choices of ``search run`` (each overrides the space file)."""
+
+    name: str | None = None
+    address: str | None = None
+    num_samples: int | None = None
+    time_budget: str | None = None
+    resume: bool = False
+    tracking_uri: str | None = None
+    storage: str | None = None
+    num_cpus: int | None = None
+
+
+def study_dir(space: Space, options: StudyOptions) -> Path:
+    """Where Tune keeps the study (absolute: Tune refuses relative storage paths)."""
+    storage = options.storage or os.environ.get("MEDTUNE_STORAGE") or DEFAULT_STORAGE
+    if "://" in storage:
+        raise SpaceError(space.path, "--storage", f"remote storage {storage!r} is set per cluster",
+                         "use a shared filesystem path here; see cluster.yaml for S3")
+    return Path(storage).expanduser().resolve() / (options.name or space.name)
+
+
+def apply_overrides(space: Space, options: StudyOptions) -> Space:
+    """Return ``space`` with ``--num-samples`` / ``--time-budget`` applied (validated)."""
+    import dataclasses
+
+    from search.space import TuneSettings
+
+    changes: dict[str, Any] = {}
+    if options.num_samples is not None:
+        changes["num_samples"] = options.num_samples
+    if options.time_budget is not None:
+        changes["time_budget"] = options.time_budget
+    if not changes:
+        return space
+    try:
+        tune_settings = dataclasses.replace(space.tune, **changes)
+    except ValueError as err:
+        raise SpaceError(space.path, "--num-samples/--time-budget", str(err)) from None
+    assert isinstance(tune_settings, TuneSettings)
+    return dataclasses.replace(space, tune=tune_settings)
+
+
+def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, Path]:
+    """Everything checkable before Ray starts: the space, the backbones, the study dir."""
+    from search.preflight import check_space
+
+    space = apply_overrides(load_space(space_path), options)
+    check_space(space)
+    if space.tune.algorithm == "grid":
+        from search.sampling import grid
+
+        try:
+            grid(space)
+        except ValueError as err:
+            raise SpaceError(space.path, "tune.algorithm", str(err)) from None
+    directory = study_dir(space, options)
+    exists = (directory / STUDY_FILE).is_file()
+    if options.resume and not exists:
+        raise SpaceError(space.path, "--resume", f"there is no study to resume at {directory}",
+                         "run it without --resume first, or pass the --name / --storage it ran with")
+    if not options.resume and directory.exists():
+        raise SpaceError(space.path, "--name", f"a study already exists at {directory}",
+                         "pass --resume to continue it, or --name NEW_NAME to start another")
+    return space, directory
+
+
+def run_study(space_path: str | Path, options: StudyOptions) -> Any:
+    """Run (or, with ``options.resume``, continue) a study; returns Tune's ResultGrid."""
+    import mlflow  # noqa: F401  (import before Ray workers fork: slow import, once)
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.asha import PersistentASHA
+    from search.callbacks import MlflowTrialLogger, ProgressLine
+    from search.sampling import define_by_run, grid_size, sampler_for
+    from search.tracking import MlflowClient, experiment_id, resolve_tracking_uri, start_study_run
+    from search.trainable import train
+    from trainables.data import load_dataset
+
+    space, directory = prepare(space_path, options)
+    started = time.perf_counter()
+    data = load_dataset(space.data)
+    print(f"data {Path(data.source).name}: " + ", ".join(f"{k} {v}" for k, v in data.split_sizes().items())
+          + f" ({time.perf_counter() - started:.1f}s)", flush=True)
+
+    tracking_uri = resolve_tracking_uri(options.tracking_uri, space.mlflow.tracking_uri)
+    client = MlflowClient(tracking_uri)
+    name = directory.name
+    if options.resume:
+        record = json.loads((directory / STUDY_FILE).read_text())
+        if record["data_fingerprint"] != data.fingerprint:
+            raise SpaceError(space.path, "data", "the data changed since the study started (fingerprint differs)",
+                             "resume with the same data, or start a new study with --name")
+        tracking_uri, exp_id, parent_run_id = record["tracking_uri"], record["experiment_id"], record["parent_run_id"]
+        client = MlflowClient(tracking_uri)
+        client.set_terminated(parent_run_id, "RUNNING")
+    else:
+        exp_id = experiment_id(client, space.mlflow.experiment or space.name, tracking_uri)
+        settings = {
+            "study": name, "algorithm": space.tune.algorithm, "num_samples": space.tune.num_samples,
+            "time_budget": space.tune.time_budget, "metric": space.tune.metric, "mode": space.tune.mode,
+            "scheduler": space.scheduler.type, "seed": space.tune.seed, "max_epochs": space.max_epochs,
+            **{f"data.{k}": v for k, v in data.split_sizes().items()},
+        }
+        parent_run_id = start_study_run(client, exp_id, name, space.text,
+                                        {"fingerprint": data.fingerprint, "sizes": data.split_sizes()}, settings)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / STUDY_FILE).write_text(json.dumps({
+            "name": name, "space": str(Path(space_path).resolve()), "tracking_uri": tracking_uri,
+            "experiment_id": exp_id, "parent_run_id": parent_run_id, "data_fingerprint": data.fingerprint,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }, indent=2))
+    print(f"study {name}: MLflow run {parent_run_id} at {tracking_uri}", flush=True)
+
+    if not ray.is_initialized():
+        ray.init(address=options.address, num_cpus=options.num_cpus if options.address is None else None,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+    resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus if _gpus_available() else 0}
+    trainable = tune.with_resources(tune.with_parameters(train, data=data, fixed=space.params), resources)
+    metric, mode = space.tune.metric, space.tune.mode
+    fixed = dict(space.params)
+    callbacks = [
+        MlflowTrialLogger(tracking_uri, exp_id, parent_run_id, fixed, metric, mode, data.class_names,
+                          stopper="asha" if space.scheduler.type == "asha" else "time budget"),
+        ProgressLine(metric, mode, fixed, space.tune.time_budget_s),
+    ]
+    if options.resume:
+        tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        searcher: Any = OptunaSearch(space=define_by_run(space), sampler=sampler_for(space))
+        if space.tune.max_concurrent:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent)
+        if space.scheduler.type == "asha":
+            scheduler: Any = PersistentASHA(
+                directory / ASHA_FILE, time_attr="training_iteration", max_t=space.max_epochs,
+                grace_period=min(space.scheduler.grace_period, space.max_epochs),
+                reduction_factor=space.scheduler.reduction_factor,
+            )
+        else:
+            scheduler = FIFOScheduler()
+        num_samples = space.tune.num_samples * (grid_size(space) if space.tune.algorithm == "grid" else 1)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
+                                        num_samples=num_samples, time_budget_s=space.tune.time_budget_s),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(directory.parent),
+                callbacks=callbacks,
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
+                                                        checkpoint_score_order=mode),
+            ),
+        )
+    results = tuner.fit()
+    from search.leaderboard import finish_study
+
+    finish_study(client, exp_id, parent_run_id, metric, mode)
+    return results
+
+
+def _gpus_available() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0

