@@ -96,10 +96,14 @@ class TrialConfig:
     Optimisation:
         optimizer, lr, momentum (sgd/rmsprop), nesterov (sgd), weight_decay (decoupled,
         not on norms and biases), l1 / l2 (loss penalties on weights, not on norms and
-        biases), lr_ratio (learning rate of the first backbone stage / the head's; stages
+        biases; ``penalty_scope`` ``head`` limits them to the head, like Keras
+        regularisers on the dense layers only), lr_ratio (learning rate of the first backbone stage / the head's; stages
         in between are interpolated geometrically), schedule with warmup_epochs,
         step_size, gamma, milestones, min_lr_ratio, plateau_patience, batch_size,
         epochs, class_weighting (``balanced`` weights the loss by inverse class frequency).
+    Data:
+        train_fraction: stratified, seeded subsample of the training split for this trial
+            (searchable: training-set-size studies); nested, so 0.05 is inside 0.2.
     Input and augmentation:
         crop_size: centre crop of the stored image (``None`` = whole image), then resized
             to input_size (``None`` = crop size). aug_flip, aug_rot90 (90° rotations),
@@ -124,6 +128,7 @@ class TrialConfig:
     weight_decay: float = 0.0
     l1: float = 0.0
     l2: float = 0.0
+    penalty_scope: Literal["all", "head"] = "all"
     lr_ratio: float = 1.0
     schedule: Schedule = "constant"
     warmup_epochs: float = 0.0
@@ -144,6 +149,7 @@ class TrialConfig:
     aug_color: float = 0.0
     aug_shift: int = 0
 
+    train_fraction: float = 1.0
     seed: int = 0
     device: str = "auto"
 
@@ -187,6 +193,7 @@ class TrialConfig:
             (self.crop_size is None or self.crop_size >= 8, "crop_size", self.crop_size, "null or >= 8 pixels"),
             (self.input_size is None or self.input_size >= 8, "input_size", self.input_size, "null or >= 8 pixels"),
             (self.in_chans in (None, 1, 3), "in_chans", self.in_chans, "null, 1 or 3"),
+            (0.0 < self.train_fraction <= 1.0, "train_fraction", self.train_fraction, "a fraction in (0, 1]"),
             (self.aug_shift >= 0, "aug_shift", self.aug_shift, "an integer >= 0"),
             (self.aug_color >= 0, "aug_color", self.aug_color, "a value >= 0"),
             (all(h >= 1 for h in self.head_hidden), "head_hidden", list(self.head_hidden),

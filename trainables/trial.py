@@ -175,7 +175,8 @@ def train_epoch(state: TrialState, config: TrialConfig, images: torch.Tensor, da
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, weight=state.class_weights)
-        extra = penalty(model.named_parameters(), config.l1, config.l2)
+        penalised = model.head.named_parameters() if config.penalty_scope == "head" else model.named_parameters()
+        extra = penalty(penalised, config.l1, config.l2)
         objective = loss if extra is None else loss + extra
         if not torch.isfinite(objective):
             raise NonFiniteLossError(
