@@ -50,7 +50,9 @@ class DataConfig:
         train_fraction: stratified subsample of the training split (training-size studies).
         seed: seeds the split and the subsample; same seed, same split in every trial.
         blank_filter: skip near-blank patches (mean >= blank_white or <= blank_black,
-            and standard deviation <= blank_max_std).
+            and spatial standard deviation <= blank_max_std in every channel). The
+            defaults were read off the PCam patches: they drop empty glass (white,
+            grey or tan) and black scanner borders, and keep patches showing any tissue.
         cache_dir: where decoded arrays are cached (``MEDTUNE_CACHE`` or
             ``~/.cache/medtune`` when ``None``).
     """
@@ -69,9 +71,9 @@ class DataConfig:
     train_fraction: float = 1.0
     seed: int = 0
     blank_filter: bool = True
-    blank_white: float = 235.0
-    blank_black: float = 20.0
-    blank_max_std: float = 12.0
+    blank_white: float = 200.0
+    blank_black: float = 40.0
+    blank_max_std: float = 6.0
     cache_dir: str | None = None
 
 

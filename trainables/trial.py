@@ -26,6 +26,7 @@ from trainables.augment import AugmentSpec, InputSpec, prepare_batch
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
 from trainables.data import ImageDataset
+from trainables.data.splits import subsample_train
 from trainables.metrics import classification_metrics
 from trainables.models import TransferModel, build_model
 from trainables.optim import Schedule, build_optimizer, penalty
@@ -54,6 +55,7 @@ class TrialState:
     augment: AugmentSpec
     device: torch.device
     class_weights: torch.Tensor | None
+    train_idx: np.ndarray
     epoch: int = 0
     history: list[dict[str, float]] | None = None
 
@@ -96,12 +98,15 @@ def build_trial(config: TrialConfig, data: ImageDataset) -> TrialState:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     spec = input_spec_for(config, data, model)
-    steps = math.ceil(len(data.splits["train"]) / config.batch_size)
+    train_idx = data.splits["train"]
+    if config.train_fraction < 1.0:
+        train_idx = subsample_train(train_idx, data.labels, config.train_fraction, config.seed)
+    steps = math.ceil(len(train_idx) / config.batch_size)
     optimizer = build_optimizer(model, model.stage_of(), model.num_stages, config)
     generator = torch.Generator().manual_seed(config.seed)
     weights = None
     if config.class_weighting == "balanced":
-        counts = np.bincount(data.labels[data.splits["train"]], minlength=data.num_classes).astype(np.float64)
+        counts = np.bincount(data.labels[train_idx], minlength=data.num_classes).astype(np.float64)
         weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
     return TrialState(
         model=model,
@@ -112,6 +117,7 @@ def build_trial(config: TrialConfig, data: ImageDataset) -> TrialState:
         augment=AugmentSpec(config.aug_flip, config.aug_rot90, config.aug_color, config.aug_shift),
         device=device,
         class_weights=weights,
+        train_idx=train_idx,
         history=[],
     )
 
@@ -160,7 +166,7 @@ def train_epoch(state: TrialState, config: TrialConfig, images: torch.Tensor, da
     """One pass over the training split; returns (mean loss, images seen)."""
     model, device = state.model, state.device
     model.train()
-    train_idx = torch.from_numpy(data.splits["train"])
+    train_idx = torch.from_numpy(state.train_idx)
     labels_all = torch.from_numpy(data.labels)
     order = train_idx[torch.randperm(len(train_idx), generator=state.generator)]
     cuda = device.type == "cuda"

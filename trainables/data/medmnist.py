@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from .sources import DataError
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 

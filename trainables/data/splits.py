@@ -9,13 +9,9 @@ another's and the result does not depend on the platform or on dict order.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from .errors import DataError
-
-logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
@@ -72,8 +68,6 @@ def make_splits(
         pool_groups = groups[pool] if groups is not None else None
         assigned = _carve(labels[pool], pool_groups, carve[VAL], carve[TEST], seed)
         codes[pool] = assigned
-    if groups is not None and source_split is not None:
-        _log_cross_split_groups(codes, groups)
     splits = {name: np.flatnonzero(codes == code).astype(np.int64) for code, name in enumerate(SPLITS)}
     origin = "the source's own split" if source_split is not None else "a seeded stratified split"
     if len(splits["train"]) == 0:
@@ -149,20 +143,22 @@ def _carve(labels: np.ndarray, groups: np.ndarray | None, val_fraction: float,
     return unit_code[unit_of]
 
 
-def _log_cross_split_groups(codes: np.ndarray, groups: np.ndarray) -> None:
-    """Note group ids that occur in two splits the source itself defined.
+def groups_across_source_splits(source_split: np.ndarray | None, groups: np.ndarray | None) -> list[str]:
+    """Group ids that occur in more than one of the splits the source itself defines.
 
-    The source's own split is taken as given: some datasets number patients separately
-    per official split (Kermany's ``person1`` in train and in test are different children).
+    The source's own split is taken as given, so these are reported, not fixed: some
+    datasets number patients separately per official split (Kermany's ``person1`` in
+    train and ``person1`` in test are different children, one bacterial, one viral).
     """
-    seen: dict[str, int] = {}
+    if source_split is None or groups is None:
+        return []
+    first: dict[str, int] = {}
     crossing = set()
-    for code, group in zip(codes.tolist(), groups.astype(str).tolist()):
-        if seen.setdefault(group, code) != code:
+    for code, group in zip(source_split.tolist(), groups.astype(str).tolist()):
+        if first.setdefault(group, code) != code:
             crossing.add(group)
-    if crossing:
-        logger.info("%d group ids occur in more than one of the source's own splits (e.g. %s); "
-                    "the source's split is kept as given", len(crossing), sorted(crossing)[:3])
+    return sorted(crossing)
 
 
-__all__ = ["SPLITS", "TRAIN", "VAL", "TEST", "split_code", "make_splits", "subsample_train"]
+__all__ = ["SPLITS", "TRAIN", "VAL", "TEST", "split_code", "make_splits", "subsample_train",
+           "groups_across_source_splits"]

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from timm.models import feature_take_indices
+from timm.models._features import feature_take_indices
 from torch import nn
 
 # Scratch nets have no pretraining statistics to match. 0.5 / 0.25 maps [0, 1] pixels
