@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from search.space import Space, SpaceError
+from trainables.data.medmnist import known_file
 
 
 def backbones_of(space: Space) -> list[tuple[str, Any]]:
@@ -30,7 +31,7 @@ def check_space(space: Space) -> None:
     from trainables.models import backbone_stages, list_backbones
 
     source = Path(space.data.source)
-    if not source.exists() and not (source.suffix == ".npz" and source.name in _medmnist_names()):
+    if not source.exists() and known_file(source.name) is None:
         raise SpaceError(space.path, "data.source", f"{source} does not exist",
                          "put the file there or set MEDTUNE_DATA to the folder that holds it")
     known = set(list_backbones())
@@ -51,9 +52,3 @@ def check_space(space: Space) -> None:
         if isinstance(value, int) and value > limit:
             raise SpaceError(space.path, f"params.{key}", f"{value} exceeds what the backbones allow ({limit})",
                              f"use a value in 0..{limit} or search it with `int: [0, {limit}]` (clipped per backbone)")
-
-
-def _medmnist_names() -> set[str]:
-    from trainables.data import download
-
-    return set(getattr(download, "MEDMNIST_FILES", {}))

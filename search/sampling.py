@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
@@ -52,19 +52,23 @@ def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | Non
     return trial.suggest_float(name, low, high, log=dist.kind == "loguniform")
 
 
-def define_by_run(space: Space) -> Callable[[optuna.Trial], dict[str, Any]]:
-    """The Optuna define-by-run function of ``space`` (fixed params are added by the trainable)."""
+class DefineByRun:
+    """The Optuna define-by-run function of a space (a class: Tune pickles its searcher).
 
-    def sample(trial: optuna.Trial) -> dict[str, Any]:
-        values: dict[str, Any] = dict(space.params)
-        for name, dist in space.search.items():
+    Fixed params are not returned: the trainable adds them to the sampled ones.
+    """
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        values: dict[str, Any] = dict(self.space.params)
+        for name, dist in self.space.search.items():
             if not dist.active(values):
                 continue
             upper = stage_limits(values)[name] if name in STAGE_PARAMS else None
             values[name] = suggest(trial, name, dist, upper)
         return {}
-
-    return sample
 
 
 def sampler_for(space: Space) -> optuna.samplers.BaseSampler:

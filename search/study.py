@@ -101,7 +101,7 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
 
     from search.asha import PersistentASHA
     from search.callbacks import MlflowTrialLogger, ProgressLine
-    from search.sampling import define_by_run, grid_size, sampler_for
+    from search.sampling import DefineByRun, grid_size, sampler_for
     from search.tracking import MlflowClient, experiment_id, resolve_tracking_uri, start_study_run
     from search.trainable import train
     from trainables.data import load_dataset
@@ -158,7 +158,7 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
         tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
     else:
-        searcher: Any = OptunaSearch(space=define_by_run(space), sampler=sampler_for(space))
+        searcher: Any = OptunaSearch(space=DefineByRun(space), sampler=sampler_for(space), metric=metric, mode=mode)
         if space.tune.max_concurrent:
             searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent)
         if space.scheduler.type == "asha":

@@ -43,7 +43,7 @@ def test_good_space_defaults_and_overrides(tmp_path, data_root):
     assert config.lr == pytest.approx(1e-3)  # geometric middle of the range
     assert config.head_hidden == () and config.frozen_stages == 2
     assert space.data.seed == 3 and Path(space.data.source) == data_root / "medmnist" / "pneumoniamnist.npz"
-    assert space.max_epochs == 3 and space.scheduler.reduction_factor == 2
+    assert space.max_epochs == 2 and space.scheduler.reduction_factor == 2
     assert space.search["momentum"].active({"optimizer": "sgd"}) and not space.search["momentum"].active({"optimizer": "adam"})
     prepare(write(tmp_path, GOOD), StudyOptions(storage=str(tmp_path / "studies")))
 
