@@ -8,6 +8,8 @@ MLflow or from the trials themselves.
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import time
 from typing import Any
@@ -29,6 +31,7 @@ from search.tracking import (
     now_ms,
     roc_and_confusion_png,
 )
+from trainables.config import TrialConfig
 from trainables.trial import PREDICTIONS_FILE
 
 # What each epoch's report carries (Tune adds its own bookkeeping keys, which are not logged).
@@ -40,8 +43,6 @@ EPOCH_METRICS = (
 
 def trial_epochs(trial, fixed: dict[str, Any]) -> int:
     """Epochs the trial was configured for (sampled, else fixed, else the default)."""
-    from trainables.config import TrialConfig
-
     return int(trial.config.get("epochs", fixed.get("epochs", TrialConfig.epochs)))
 
 
@@ -97,7 +98,8 @@ class MlflowTrialLogger(Callback):
                 "medtune.searched": json.dumps(sorted(trial.config)),
             })
             run_id = run.info.run_id
-            params = {**self.fixed, **trial.config}
+            # Every setting the trial ran with, defaults included, so runs compare side by side.
+            params = TrialConfig.from_dict({**self.fixed, **trial.config}).to_dict()
             self.client.log_batch(run_id, params=[Param(k, _text(v)) for k, v in sorted(params.items())])
             self._logged[trial.trial_id] = 0
         else:
@@ -148,10 +150,9 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)
-        error = trial.get_error() or "unknown error"
-        reason = str(error).strip().splitlines()[-1][:1000] if str(error).strip() else "unknown error"
-        self.client.log_batch(run_id, tags=[RunTag(STATE_TAG, "errored"), RunTag("medtune.error", reason)])
-        self.client.log_text(run_id, str(error), "error.txt")
+        error = trial_error(trial)
+        self.client.log_batch(run_id, tags=[RunTag(STATE_TAG, "errored"), RunTag("medtune.error", error_reason(error))])
+        self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
 
     def _log_best_plots(self, run_id: str, checkpoint) -> None:
@@ -164,6 +165,24 @@ class MlflowTrialLogger(Callback):
             return
         for name, content in roc_and_confusion_png(labels, probs, self.class_names).items():
             log_png(self.client, run_id, name, content)
+
+
+def trial_error(trial) -> str:
+    """The trial's error trace as Tune wrote it (the driver-local file, else storage)."""
+    path = trial.error_file
+    if path and os.path.isfile(path):
+        with open(path) as handle:
+            return handle.read()
+    return str(trial.get_error() or "unknown error")
+
+
+def error_reason(trace: str) -> str:
+    """The line of a trace that says what went wrong (``SomeError: message``)."""
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b:?", line):
+            return line[:1000]
+    return lines[-1][:1000] if lines else "unknown error"
 
 
 def _text(value: Any) -> str:
@@ -229,8 +248,7 @@ class ProgressLine(Callback):
         print(f"trial {trial.trial_id} {state.replace('_', ' ')} at epoch {epoch}: {self.metric} {shown}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        error = str(trial.get_error() or "").strip().splitlines()
-        print(f"trial {trial.trial_id} errored: {error[-1] if error else 'unknown error'}", flush=True)
+        print(f"trial {trial.trial_id} errored: {error_reason(trial_error(trial))}", flush=True)
 
     def on_experiment_end(self, trials, **info) -> None:
         print(self.line(trials), flush=True)

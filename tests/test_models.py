@@ -324,9 +324,14 @@ def test_model_errors(settings: dict, pattern: str) -> None:
         build_model(TrialConfig(**settings), num_classes=2, in_chans=3)
 
 
-def test_backbone_stages_unknown_name() -> None:
+def test_backbone_stages_errors() -> None:
     with pytest.raises(ModelError, match="convnext_atto"):
         backbone_stages("convnext_ato")
+    with pytest.raises(ModelError, match=r"pretrained tag .*list_pretrained\('resnet18\*'\)"):
+        backbone_stages("resnet18.no_such_tag")
+    assert backbone_stages("resnet18.a1_in1k") == 5
+    with pytest.raises(ModelError, match="stages are undefined; choose another backbone"):
+        backbone_stages("twins_pcpvt_small")  # one of the 41 timm models without usable stages
 
 
 def test_hub_failure_is_a_model_error(monkeypatch: pytest.MonkeyPatch) -> None:

