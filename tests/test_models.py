@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,8 @@ FAMILIES = {
     "cnn9": (32, 3),
 }
 NUM_CLASSES = 3
-MEDMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist" / "pneumoniamnist.npz"
-if not MEDMNIST.is_file():
-    MEDMNIST = Path("/work/shared/data/medmnist/pneumoniamnist.npz")
+DATA = Path(os.environ.get("MEDTUNE_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+MEDMNIST = DATA.expanduser() / "medmnist" / "pneumoniamnist.npz"
 
 
 @pytest.fixture(autouse=True)

@@ -159,3 +159,5 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     for bracket_before, bracket_after in zip(rungs_before["brackets"], rungs_after["brackets"]):
         for rung_before, rung_after in zip(bracket_before, bracket_after):
             assert rung_before["recorded"].items() <= rung_after["recorded"].items()  # ASHA kept its rungs
+    first_rung = rungs_after["brackets"][0][-1]
+    assert first_rung["milestone"] == 1 and set(first_rung["recorded"]) == set(trial_ids)  # and went on recording
