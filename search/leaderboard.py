@@ -36,6 +36,7 @@ def leaderboard(client: MlflowClient, experiment_id: str, parent_run_id: str, me
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    table["best_epoch"] = table["best_epoch"].astype("Int64")
     return table.sort_values(metric, ascending=mode == "min", na_position="last").reset_index(drop=True)
 
 

@@ -112,13 +112,17 @@ class SchedulerSettings:
 
 @dataclasses.dataclass(frozen=True)
 class ResourceSettings:
-    """Per-trial resources; ``gpus`` below 1 packs several trials on one GPU."""
+    """Per-trial resources; ``gpus`` below 1 packs several trials on one GPU.
+
+    ``gpus: null`` (the default) means one GPU per trial when the cluster has GPUs and
+    none otherwise, so the same space runs on a laptop and on a GPU cluster.
+    """
 
     cpus: float = 1.0
-    gpus: float = 0.0
+    gpus: float | None = None
 
     def __post_init__(self) -> None:
-        if self.cpus <= 0 or self.gpus < 0:
+        if self.cpus <= 0 or (self.gpus is not None and self.gpus < 0):
             raise ValueError(f"cpus must be > 0 and gpus >= 0, but got cpus={self.cpus}, gpus={self.gpus}")
 
 

@@ -92,6 +92,8 @@ def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, Path]
 
 def run_study(space_path: str | Path, options: StudyOptions) -> Any:
     """Run (or, with ``options.resume``, continue) a study; returns Tune's ResultGrid."""
+    # Tune warns at every forced snapshot (one per num_to_keep checkpoints): noise for a user.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import mlflow  # noqa: F401  (import before Ray workers fork: slow import, once)
     import ray
     from ray import tune
@@ -145,7 +147,7 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
         ray.init(address=options.address, num_cpus=options.num_cpus if options.address is None else None,
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
 
-    resources = {"cpu": space.resources.cpus, "gpu": space.resources.gpus if _gpus_available() else 0}
+    resources = {"cpu": space.resources.cpus, "gpu": trial_gpus(space.resources.gpus, _cluster_gpus())}
     trainable = tune.with_resources(tune.with_parameters(train, data=data, fixed=space.params), resources)
     metric, mode = space.tune.metric, space.tune.mode
     fixed = dict(space.params)
@@ -191,7 +193,21 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
     return results
 
 
-def _gpus_available() -> bool:
+def _cluster_gpus() -> float:
     import ray
 
-    return ray.cluster_resources().get("GPU", 0) > 0
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def trial_gpus(requested: float | None, available: float) -> float:
+    """GPUs per trial: the space's value, or 1 when the cluster has GPUs (``null``).
+
+    Asking for GPUs on a cluster without any would leave every trial pending forever,
+    so it runs on CPUs instead, and says so.
+    """
+    if requested is None:
+        return 1.0 if available > 0 else 0.0
+    if requested > 0 and available == 0:
+        print(f"resources.gpus is {requested:g} but the Ray cluster has no GPU: trials run on CPUs", flush=True)
+        return 0.0
+    return requested

@@ -105,3 +105,11 @@ def test_shipped_spaces_are_valid(tmp_path):
     for path in sorted(Path(__file__).parents[1].joinpath("spaces").glob("*.yaml")):
         space, _ = prepare(path, StudyOptions(storage=str(tmp_path / "studies")))
         assert space.default_config() is not None, path
+
+
+def test_gpus_per_trial_follow_the_cluster(capsys):
+    from search.study import trial_gpus
+
+    assert trial_gpus(None, 0) == 0 and trial_gpus(None, 4) == 1
+    assert trial_gpus(0.25, 1) == 0.25
+    assert trial_gpus(0.5, 0) == 0 and "has no GPU" in capsys.readouterr().out
