@@ -55,13 +55,15 @@ def final_state(trial, fixed: dict[str, Any]) -> tuple[str, int]:
 class MlflowTrialLogger(Callback):
     """One nested MLflow child run per trial under the study's parent run.
 
-    Params at start, metrics every epoch (``step`` = epoch), the final state (completed,
+    The run is opened at the trial's first report, not at its start: by then Tune has
+    saved the trial in its experiment state, so a killed driver leaves no run behind
+    for a trial that ``--resume`` would not know. Params at first report, metrics every epoch (``step`` = epoch), the final state (completed,
     stopped early at epoch k, or errored with the reason), ROC curve and confusion matrix
     of the best epoch.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, fixed: dict[str, Any],
-                 metric: str, mode: str, class_names: list[str], stopper: str) -> None:
+                 metric: str, mode: str, class_names: list[str], stopper: str, ended_dir: str) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -70,14 +72,18 @@ class MlflowTrialLogger(Callback):
         self.mode = mode
         self.class_names = class_names
         self.stopper = stopper
+        self.ended_dir = ended_dir
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._logged: dict[str, int] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._best: dict[str, tuple[float, int, Any]] = {}
+        self._orphans_checked = False
+        self._ended: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": {}, "_logged": {}, "_last": {}, "_best": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_logged": {}, "_last": {}, "_best": {},
+                "_orphans_checked": False, "_ended": set()}
 
     @property
     def client(self) -> MlflowClient:
@@ -102,18 +108,52 @@ class MlflowTrialLogger(Callback):
             params = TrialConfig.from_dict({**self.fixed, **trial.config}).to_dict()
             self.client.log_batch(run_id, params=[Param(k, _text(v)) for k, v in sorted(params.items())])
             self._logged[trial.trial_id] = 0
+        elif self.client.get_run(run_id).data.tags.get(STATE_TAG) != "running":
+            self._ended.add(trial.trial_id)  # ended before a driver restart: keep its record as is
         else:
-            self.client.set_terminated(run_id, "RUNNING")
-            self.client.set_tag(run_id, STATE_TAG, "running")
             self._logged[trial.trial_id] = logged_epochs(self.client, run_id)
         self._runs[trial.trial_id] = run_id
         return run_id
 
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if not self._orphans_checked:
+            self._orphans_checked = True
+            self.close_orphans({t.trial_id for t in trials})
+
+    def close_orphans(self, known: set[str]) -> None:
+        """Mark child runs of trials Tune does not know after a resume as ``lost``.
+
+        A trial started just before the driver died may be missing from Tune's last
+        experiment snapshot; Tune then proposes a new trial in its place. Its run stays
+        in MLflow (nothing is deleted), clearly marked, so no trial counts twice.
+        """
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`{STATE_TAG}` = 'running'",
+        )
+        for run in runs:
+            if run.data.tags.get(TRIAL_TAG) not in known:
+                self.client.log_batch(run.info.run_id, tags=[
+                    RunTag(STATE_TAG, "lost"),
+                    RunTag("medtune.error", "the driver stopped before Tune saved this trial; "
+                                            "the search proposed a new trial in its place"),
+                ])
+                self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def mark_ended(self, trial) -> bool:
+        """Record that ``trial`` ended; False when it had already ended before (a resume)."""
         self.run_id(trial)
+        if trial.trial_id in self._ended:
+            return False
+        self._ended.add(trial.trial_id)
+        os.makedirs(self.ended_dir, exist_ok=True)
+        open(os.path.join(self.ended_dir, trial.trial_id), "w").close()
+        return True
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.run_id(trial)
+        if trial.trial_id in self._ended:
+            return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self._last[trial.trial_id] = result
         if epoch <= self._logged.get(trial.trial_id, 0):
@@ -134,6 +174,8 @@ class MlflowTrialLogger(Callback):
             self._best[trial.trial_id] = (float(value), int(result.get("epoch", 0)), checkpoint)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if not self.mark_ended(trial):
+            return
         run_id = self.run_id(trial)
         state, epoch = final_state(trial, self.fixed)
         tags = {STATE_TAG: state, "medtune.last_epoch": str(epoch)}
@@ -149,6 +191,8 @@ class MlflowTrialLogger(Callback):
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if not self.mark_ended(trial):
+            return
         run_id = self.run_id(trial)
         error = trial_error(trial)
         self.client.log_batch(run_id, tags=[RunTag(STATE_TAG, "errored"), RunTag("medtune.error", error_reason(error))])

@@ -5,6 +5,11 @@
   launching a study.
 - ``search run SPACE.yaml`` runs a study on Ray Tune (locally, or on a cluster with
   ``--address``), logging every trial to MLflow; ``--resume`` continues one.
+- ``search list`` shows the studies; ``search best NAME`` the best trial and a
+  leaderboard, and with ``--export DIR`` writes the final model, tested once on the
+  held-out test split (``--refit`` retrains it on train + val, ``--register`` adds it to
+  the MLflow model registry).
+- ``search predict DIR INPUT...`` runs an exported model on images or a data set.
 """
 
 from __future__ import annotations
@@ -56,6 +61,69 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    from search.studies import StudyError, list_studies, storage_root, summarize
+
+    studies = list_studies(args.storage)
+    if not studies:
+        print(f"no studies in {storage_root(args.storage)}; run one with `search run SPACE.yaml` "
+              "(or pass --storage / set MEDTUNE_STORAGE)")
+        return 0
+    rows = [("name", "created", "trials", "states", "best", "status")]
+    for study in studies:
+        try:
+            summary = summarize(study)
+        except StudyError as err:
+            rows.append((study.name, study.created.replace("T", " "), "-", f"(unreadable: {err})", "-", "-"))
+            continue
+        states = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(summary.counts.items())) or "-"
+        best = f"{summary.metric} {summary.best:.4f}" if summary.best is not None else "-"
+        rows.append((study.name, study.created.replace("T", " "), str(sum(summary.counts.values())), states, best,
+                     summary.status.lower()))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _best(args: argparse.Namespace) -> int:
+    from search.studies import best_trial, find_study
+
+    if (args.refit or args.register or args.force) and not args.export:
+        raise ValueError("--refit, --register and --force act on an export: add --export DIR")
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, but got {args.top}")
+    study = find_study(args.name, args.storage)
+    client = study.client()
+    best, table = best_trial(client, study, args.metric)
+    print(f"study {study.name}: best trial {best.trial_id} ({best.state.replace('_', ' ')} after "
+          f"{best.epochs_run} epochs): {best.metric} {best.value:.4f} at epoch {best.epoch}")
+    print(f"  MLflow run {best.run_id} (experiment {study.experiment_id}, {study.tracking_uri})")
+    for key in best.searched:
+        print(f"  {key} = {best.params.get(key)}")
+    fixed = [f"{k}={v}" for k, v in sorted(best.params.items()) if k not in best.searched]
+    print("  other settings: " + ", ".join(fixed))
+    shown = table.head(args.top)
+    print(f"top {len(shown)} of {len(table)} trials by {best.metric} ({best.mode}):")
+    print(shown.drop(columns=["run_id"]).to_string(index=False, na_rep="-"))
+    if args.export:
+        from search.export import ExportOptions, export_best
+
+        export_best(study, ExportOptions(directory=Path(args.export), force=args.force, refit=args.refit,
+                                         register=args.register, metric=args.metric))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from search.predict import predict_inputs
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, but got {args.batch_size}")
+    predict_inputs(args.model, args.inputs, out=args.out, split=args.split, output_format=args.format,
+                   batch_size=args.batch_size)
+    return 0
+
+
 def _print_epoch(metrics: dict[str, float], checkpoint: Path | None) -> None:
     print(
         f"epoch {metrics['epoch']:>3}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
@@ -87,6 +155,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="folder holding studies (default: $MEDTUNE_STORAGE or runs/studies)")
     run.add_argument("--num-cpus", type=int, help="CPUs Ray may use in local mode (default: all)")
     run.set_defaults(func=_run)
+
+    listing = commands.add_parser("list", help="list the studies: name, date, trials, best metric")
+    listing.add_argument("--storage", help="folder holding studies (default: $MEDTUNE_STORAGE or runs/studies)")
+    listing.set_defaults(func=_list)
+
+    best = commands.add_parser("best", help="show a study's best trial and leaderboard; --export the final model")
+    best.add_argument("name", help="study name (see `search list`)")
+    best.add_argument("--storage", help="folder holding studies (default: $MEDTUNE_STORAGE or runs/studies)")
+    best.add_argument("--metric", help="validation metric to rank by (default: the study's)")
+    best.add_argument("--top", type=int, default=5, help="leaderboard rows to show (default 5)")
+    best.add_argument("--export", metavar="DIR", help="write the best model (weights, config, TorchScript, ONNX, "
+                      "model card) to DIR and test it once on the held-out test split")
+    best.add_argument("--force", action="store_true", help="replace an existing export in DIR")
+    best.add_argument("--refit", action="store_true", help="first retrain the best configuration on train + val "
+                      "for its best epoch count")
+    best.add_argument("--register", metavar="MODEL_NAME", help="also register the ONNX model in the MLflow model "
+                      "registry under this name")
+    best.set_defaults(func=_best)
+
+    predict = commands.add_parser("predict", help="run an exported model on image files, folders or a data set")
+    predict.add_argument("model", help="export folder written by `search best NAME --export DIR`")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or data sets "
+                         "(.npz, CSV/zip manifest, ImageFolder, Kaggle PCam folder)")
+    predict.add_argument("--out", help="CSV to write (default predictions.csv; submission.csv in Kaggle's format)")
+    predict.add_argument("--split", choices=["test", "val", "train", "all"], default="test",
+                         help="which split of a data set to predict (default test)")
+    predict.add_argument("--format", choices=["auto", "kaggle", "csv"], default="auto",
+                         help="kaggle: id,label with the probability of class 1 (auto for a folder of <id>.tif)")
+    predict.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    predict.set_defaults(func=_predict)
     return parser
 
 

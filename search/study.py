@@ -19,6 +19,7 @@ from search.space import Space, SpaceError, load_space
 
 STUDY_FILE = "medtune_study.json"
 ASHA_FILE = "asha_state.json"
+ENDED_DIR = "ended_trials"
 DEFAULT_STORAGE = "runs/studies"
 
 
@@ -94,6 +95,9 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
     """Run (or, with ``options.resume``, continue) a study; returns Tune's ResultGrid."""
     # Tune warns at every forced snapshot (one per num_to_keep checkpoints): noise for a user.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment state every 2 s (small JSON): a killed driver loses at most
+    # the trials started in its last 2 s, which the search then proposes again.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     import mlflow  # noqa: F401  (import before Ray workers fork: slow import, once)
     import ray
     from ray import tune
@@ -148,12 +152,14 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
 
     resources = {"cpu": space.resources.cpus, "gpu": trial_gpus(space.resources.gpus, _cluster_gpus())}
-    trainable = tune.with_resources(tune.with_parameters(train, data=data, fixed=space.params), resources)
+    ended_dir = str(directory / ENDED_DIR)
+    trainable = tune.with_resources(tune.with_parameters(train, data=data, fixed=space.params, ended_dir=ended_dir),
+                                    resources)
     metric, mode = space.tune.metric, space.tune.mode
     fixed = dict(space.params)
     callbacks = [
         MlflowTrialLogger(tracking_uri, exp_id, parent_run_id, fixed, metric, mode, data.class_names,
-                          stopper="asha" if space.scheduler.type == "asha" else "time budget"),
+                          stopper="asha" if space.scheduler.type == "asha" else "time budget", ended_dir=ended_dir),
         ProgressLine(metric, mode, fixed, space.tune.time_budget_s),
     ]
     if options.resume:
@@ -161,8 +167,9 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
                                    resume_errored=False, restart_errored=False)
     else:
         searcher: Any = OptunaSearch(space=DefineByRun(space), sampler=sampler_for(space), metric=metric, mode=mode)
-        if space.tune.max_concurrent:
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent)
+        # Tune lets a non-default searcher keep only one trial pending unless it is wrapped
+        # in a ConcurrencyLimiter, which in practice serialises the study (ray#46965).
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent or trial_slots(resources))
         if space.scheduler.type == "asha":
             scheduler: Any = PersistentASHA(
                 directory / ASHA_FILE, time_attr="training_iteration", max_t=space.max_epochs,
@@ -175,7 +182,9 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
-                                        num_samples=num_samples, time_budget_s=space.tune.time_budget_s),
+                                        num_samples=num_samples, time_budget_s=space.tune.time_budget_s,
+                                        # A new actor per trial re-imports torch and re-fetches the data: seconds each.
+                                        reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(directory.parent),
@@ -197,6 +206,17 @@ def _cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+def trial_slots(resources: dict[str, float]) -> int:
+    """How many trials fit on the cluster at once with these per-trial resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    slots = total.get("CPU", 1) // max(resources["cpu"], 1e-9)
+    if resources["gpu"] > 0:
+        slots = min(slots, total.get("GPU", 0) // resources["gpu"])
+    return max(1, int(slots))
 
 
 def trial_gpus(requested: float | None, available: float) -> float:

@@ -27,8 +27,16 @@ def trial_config(sampled: dict[str, Any], fixed: dict[str, Any]) -> TrialConfig:
     return TrialConfig.from_dict({**fixed, **sampled})
 
 
-def train(config: dict[str, Any], data: ImageDataset, fixed: dict[str, Any]) -> None:
-    """Run one trial inside a Tune worker, reporting once per epoch with a checkpoint."""
+def train(config: dict[str, Any], data: ImageDataset, fixed: dict[str, Any], ended_dir: str) -> None:
+    """Run one trial inside a Tune worker, reporting once per epoch with a checkpoint.
+
+    ``ended_dir`` holds a marker per trial the driver saw end. Tune's experiment snapshot
+    can lag the driver by a moment, so after a killed driver ``--resume`` may restart a
+    trial that had in fact finished; the marker makes it return at once instead of
+    training (and being logged) a second time.
+    """
+    if os.path.exists(os.path.join(ended_dir, tune.get_context().get_trial_id())):
+        return
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
         torch.set_num_threads(cpus)

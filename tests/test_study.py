@@ -146,6 +146,11 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     log = output(tmp_path)
     assert resumed.returncode == 0, log
     client, record, children = study_runs(tmp_path, "resumable")
+    # A trial started in the driver's last moments may be unknown to Tune's snapshot: it is
+    # marked lost (never silently duplicated) and the search proposes another in its place.
+    lost = [c for c in children if c.data.tags["medtune.state"] == "lost"]
+    children = [c for c in children if c.data.tags["medtune.state"] != "lost"]
+    assert len(lost) <= 1, [c.data.tags for c in lost]
     trial_ids = [c.data.tags["medtune.trial_id"] for c in children]
     assert len(trial_ids) == len(set(trial_ids)) == 6, trial_ids  # every trial once, none lost
     for child in children:

@@ -1,0 +1,146 @@
+"""MODEL_CARD.md of an exported model: what it was trained on, how it was chosen, how it scores.
+
+The card is written from the same ``config.json`` and ``metrics.json`` contents that
+ship beside it, so its numbers are the export's numbers. It holds counts and metrics
+only, never an image.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_TEST_ROWS = (("test_auc", "AUC"), ("test_acc", "accuracy"), ("test_balanced_acc", "balanced accuracy"),
+              ("test_f1", "F1"), ("test_sensitivity", "sensitivity"), ("test_specificity", "specificity"),
+              ("test_loss", "cross-entropy"))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str) -> str:
+    """Render the model card.
+
+    Args:
+        config: the export's ``config.json`` contents.
+        summary: the export's ``metrics.json`` contents.
+        space_text: the study's space file as it ran.
+    """
+    study, model, pre = config["study"], config["model"], config["preprocess"]
+    best, search, sizes = summary["best"], summary["search"], summary["split_sizes"]
+    names = model["class_names"]
+    refit = summary["refit"]
+    epochs = f"{study['best_epoch']} epoch" + ("s" if study["best_epoch"] != 1 else "")
+    how = (f"retrained on train + validation ({summary['train_images']} images) for {epochs}, the best "
+           "trial's best epoch count" if refit else
+           f"the best trial's checkpoint of epoch {study['best_epoch']}, trained on {summary['train_images']} images")
+    lines = [
+        f"# {study['name']}: {model['backbone']} for {len(names)}-class classification",
+        "",
+        f"Exported {config['created']} by medtune (`search best {study['name']} --export DIR"
+        + (" --refit" if refit else "") + f"`). Weights: {how}.",
+        "",
+        "## Data",
+        "",
+        f"- Source: `{config['data']['source']}` (fingerprint `{config['data']['fingerprint'][:16]}`, covering "
+        "the decoded images, their settings and the split)",
+        f"- Classes: " + ", ".join(f"{i} = {name}" for i, name in enumerate(names)),
+        f"- Images stored at {pre['stored_size'][0]}x{pre['stored_size'][1]}, {pre['channels']} channel(s)"
+        + (f" (decoded to image_size {pre['image_size']})" if pre["image_size"] else " (native size)"),
+        "",
+        "| split | images | used for |",
+        "|---|---|---|",
+        f"| train | {sizes['train']} | training" + (" (with validation, in the refit)" if refit else "") + " |",
+        f"| validation | {sizes['val']} | choosing the trial and its epoch" + (" and, in the refit, training"
+                                                                              if refit else "") + " |",
+        f"| test | {sizes['test']} | this card only, once, after the search |",
+        "",
+        f"Training images of the exported weights: {summary['train_images']}.",
+        "",
+        "## Search",
+        "",
+        f"- {search['trials']} trials: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in
+                                                     sorted(search['states'].items())),
+        f"- The search ran {_duration(search['wall_seconds'])} (first trial start to last trial end); "
+        f"trials took {_duration(search['trial_seconds'])} in total",
+        f"- Selected by validation `{best['metric']}` ({best['mode']}imised); MLflow parent run "
+        f"`{study['parent_run_id']}`, best trial run `{study['run_id']}` at `{study['tracking_uri']}`",
+        "",
+        "Search space (as run):",
+        "",
+        "```yaml",
+        space_text.rstrip(),
+        "```",
+        "",
+        "## Best trial",
+        "",
+        f"Trial `{study['trial_id']}` ({best['state'].replace('_', ' ')} after {best['epochs_run']} epochs): "
+        f"validation {best['metric']} {best['value']:.4f} at epoch {study['best_epoch']}.",
+        "",
+        "| searched parameter | value |",
+        "|---|---|",
+        *[f"| {key} | {json.dumps(config['trial_config'].get(key))} |" for key in best["searched"]],
+        "",
+        "All settings: `" + json.dumps(config["trial_config"], separators=(",", ":")) + "`",
+        "",
+        "## Metrics",
+        "",
+        "| metric | validation (best epoch, search) | test (exported model) |",
+        "|---|---|---|",
+    ]
+    for key, label in _TEST_ROWS:
+        val = summary["validation"].get("val_" + key[5:])
+        lines.append(f"| {label} | {_number(val) if val is not None else '-'} | {_number(summary['test'][key])} |")
+    lines += [
+        "",
+        "Binary tasks count class 1 as positive: sensitivity is its recall, specificity the recall of class 0."
+        if len(names) == 2 else "Sensitivity and specificity are macro averages over the classes (one vs rest).",
+        "",
+        "Test confusion matrix (rows: true class, columns: predicted class):",
+        "",
+        "| true \\ predicted | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        *[f"| {names[i]} | " + " | ".join(str(n) for n in row) + " |"
+          for i, row in enumerate(summary["test_confusion_matrix"])],
+        "",
+        "![ROC curve on the test split](roc_curve.png) ![Confusion matrix on the test split](confusion_matrix.png)",
+        "",
+        "## Use",
+        "",
+        f"Input: {model['input']}. Output: {model['output']}.",
+        "",
+        "Preprocessing (`config.json` → `preprocess`):",
+        "",
+        *[f"{i}. {step}" for i, step in enumerate(pre["steps"], start=1)],
+        "",
+        f"crop_size {json.dumps(pre['crop_size'])}, input_size {pre['input_size']}, in_chans {pre['in_chans']}, "
+        f"mean {pre['mean']}, std {pre['std']}.",
+        "",
+        "```bash",
+        "search predict EXPORT_DIR images/ --out predictions.csv",
+        "```",
+        "",
+        "Files: " + ", ".join(f"`{name}`" for name in config["files"].values()) + ", `config.json`, "
+        "`metrics.json`. Reloaded from these files, the weights, TorchScript and ONNX (onnxruntime) models were "
+        "checked against PyTorch on test images: max abs difference in probabilities "
+        + ", ".join(f"{k} {v:.1e}" for k, v in summary.get("format_max_abs_diff", {}).items()) + ".",
+        "",
+        "## Limits",
+        "",
+        "- The numbers hold for data like the test split: same source, scanner, population and preprocessing.",
+        "- The test split was not used to choose anything; testing more models on it would spend it.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["model_card"]

@@ -1,0 +1,523 @@
+"""``search best NAME --export DIR``: the best trial as a self-contained, tested model.
+
+What the export folder holds, and why:
+
+- ``model.safetensors``: the network's weights (it outputs logits); safetensors never
+  runs code when loaded, unlike a pickle.
+- ``config.json``: everything needed to rebuild the network and feed it: backbone and
+  the full trial config, class names, and the preprocessing (the stored image size the
+  data was decoded at, channels, centre crop, input size, normalisation mean/std).
+- ``model.torchscript.pt`` and ``model.onnx``: network + softmax, for serving without
+  medtune. Their input is the float ``(B, C, S, S)`` batch *after* preprocessing, and
+  their output class probabilities ``(B, K)``: preprocessing stays in ``config.json`` and
+  in :func:`trainables.augment.prepare_batch`, the one code path training used, rather
+  than being re-implemented inside each graph. The ONNX file is checked against PyTorch
+  with onnxruntime on real test images before the export is accepted.
+- ``MODEL_CARD.md``, ``metrics.json``, ``roc_curve.png``, ``confusion_matrix.png``.
+
+The test split is used here and only here: the final model is evaluated on it once, and
+the numbers go into the card and onto the study's MLflow parent run (``test_*``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from search.studies import BestTrial, Study, StudyError, best_checkpoint, best_trial, child_runs
+from trainables.augment import InputSpec, prepare_batch
+from trainables.config import TrialConfig
+from trainables.data import ImageDataset
+
+EXPORT_FORMAT = "medtune-model"
+EXPORT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+ONNX_FILE = "model.onnx"
+CARD_FILE = "MODEL_CARD.md"
+METRICS_FILE = "metrics.json"
+ONNX_TOLERANCE = 1e-4  # max abs difference in probabilities accepted between ONNX Runtime and PyTorch
+CHECK_IMAGES = 64
+
+Log = Callable[[str], None]
+
+
+class ExportError(ValueError):
+    """The export cannot be written as asked; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Choices of ``search best --export``.
+
+    Attributes:
+        directory: the export folder (must not exist unless ``force``).
+        force: replace an existing export folder.
+        refit: retrain the best configuration on train + val for its best epoch count.
+        register: also register the model under this name in the MLflow model registry.
+        metric: rank trials by this validation metric instead of the study's.
+    """
+
+    directory: Path
+    force: bool = False
+    refit: bool = False
+    register: str | None = None
+    metric: str | None = None
+
+
+class Probabilities(nn.Module):
+    """The network followed by a softmax: what the TorchScript and ONNX files compute."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+def rebuild_model(config: TrialConfig, num_classes: int, data_channels: int) -> nn.Module:
+    """The trial's architecture on the CPU in eval mode, without fetching pretrained weights.
+
+    Its weights are about to be replaced, so ImageNet weights (hub or offline package)
+    are never loaded: exporting and predicting work on a machine with no model hub.
+    """
+    from trainables.models import build_model
+
+    scratch = dataclasses.replace(config, pretrained=False, device="cpu")
+    return build_model(scratch, num_classes=num_classes, in_chans=data_channels).eval()
+
+
+def check_target(directory: Path, force: bool) -> None:
+    """Refuse to overwrite anything unless ``--force``, and then only a folder medtune wrote."""
+    if not directory.exists():
+        return
+    if not force:
+        raise ExportError(f"the export directory {directory} already exists; choose a new directory, "
+                          "or pass --force to replace it")
+    if not directory.is_dir():
+        raise ExportError(f"{directory} exists and is not a directory; choose another export directory")
+    if any(directory.iterdir()) and not _is_export(directory):
+        raise ExportError(f"{directory} exists and is not a medtune export (no {CONFIG_FILE} of format "
+                          f"{EXPORT_FORMAT!r}); --force only replaces earlier exports: choose another directory")
+
+
+def _is_export(directory: Path) -> bool:
+    try:
+        return json.loads((directory / CONFIG_FILE).read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def study_space(client: Any, study: Study) -> tuple[Any, str]:
+    """The space exactly as the study ran it (parsed, and its text): the parent run's
+    ``space.yaml``, else the space file."""
+    from search.space import parse_space
+
+    import os
+
+    text = None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no progress bar
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            text = Path(client.download_artifacts(study.parent_run_id, "space.yaml", tmp)).read_text()
+        except Exception:  # noqa: BLE001 - artifact store unreachable: fall back to the file
+            text = None
+    if text is None:
+        path = Path(study.space_path)
+        if not path.is_file():
+            raise StudyError(f"study {study.name!r} has no space.yaml in its MLflow run and its space file "
+                             f"{path} is gone; put the space file back at that path")
+        text = path.read_text()
+    return parse_space(Path(study.space_path), yaml.safe_load(text) or {}), text
+
+
+def study_data(client: Any, study: Study, log: Log) -> tuple[Any, str, ImageDataset]:
+    """The study's space, its text and its dataset, checked to be the very data (and split) it ran on."""
+    from trainables.data import load_dataset
+
+    space, text = study_space(client, study)
+    started = time.perf_counter()
+    data = load_dataset(space.data)
+    log(f"data {Path(data.source).name}: " + ", ".join(f"{k} {v}" for k, v in data.split_sizes().items())
+        + f" ({time.perf_counter() - started:.1f}s)")
+    if data.fingerprint != study.data_fingerprint:
+        raise StudyError(f"the data loaded now ({data.source}) differs from the data study {study.name!r} ran on "
+                         f"(fingerprint {data.fingerprint[:12]} vs {study.data_fingerprint[:12]}), so its test split "
+                         "may not be held out; point MEDTUNE_DATA (or the space's data.source) at the study's data")
+    return space, text, data
+
+
+def refit_model(config: TrialConfig, data: ImageDataset, epochs: int, log: Log) -> tuple[nn.Module, int]:
+    """Train ``config`` on train + val and stop after ``epochs`` epochs.
+
+    The run keeps the configured epoch count, so its learning-rate schedule follows the
+    same course as in the search, and stops at the best epoch: the refit model sees what
+    the best checkpoint saw, on more images. Validation scores printed meanwhile are on
+    images the model trains on and mean nothing.
+
+    Returns:
+        The model (CPU, eval mode) and the number of training images it used.
+    """
+    from trainables.checkpoint import load_checkpoint
+    from trainables.trial import run_trial
+
+    union = np.union1d(data.splits["train"], data.splits["val"]).astype(np.int64)
+    refit_data = dataclasses.replace(data, splits={**data.splits, "train": union})
+    used = training_images(config, data, union)
+    log(f"refit: training on train + val ({used} images) for {epochs} epochs")
+
+    class _Enough(Exception):
+        pass
+
+    def report(metrics: dict[str, float], _: Path | None) -> None:
+        log(f"refit epoch {int(metrics['epoch'])}: train_loss {metrics['train_loss']:.4f} "
+            f"({metrics['epoch_seconds']:.1f}s)")
+        if metrics["epoch"] >= epochs:
+            raise _Enough
+
+    with tempfile.TemporaryDirectory(prefix="medtune-refit-") as tmp:
+        try:
+            run_trial(config, refit_data, report=report, checkpoint_dir=tmp)
+        except _Enough:
+            pass
+        saved = load_checkpoint(tmp)
+    model = rebuild_model(config, data.num_classes, data.channels)
+    model.load_state_dict(saved["model"])
+    return model, used
+
+
+def evaluate_split(model: nn.Module, spec: InputSpec, data: ImageDataset, split: str,
+                   batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Metrics (``<split>_auc``...), probabilities and labels of ``split`` on the CPU."""
+    from trainables.metrics import classification_metrics
+    from trainables.trial import predict
+
+    indices = data.splits[split]
+    probs = predict(model, torch.from_numpy(data.images), indices, spec, torch.device("cpu"), batch_size)
+    labels = data.labels[indices]
+    metrics = classification_metrics(labels, probs, prefix=f"{split}_")
+    metrics[f"{split}_loss"] = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
+                                                torch.from_numpy(labels)))
+    return metrics, probs, labels
+
+
+def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor, metadata: dict[str, str]) -> dict[str, float]:
+    """Write safetensors, TorchScript and ONNX; return each format's max abs difference to PyTorch.
+
+    Raises:
+        ExportError: a reloaded format disagrees with PyTorch beyond ``ONNX_TOLERANCE``.
+    """
+    import onnxruntime
+    from safetensors.torch import load_model, save_model
+
+    model = model.eval()
+    wrapped = Probabilities(model).eval()
+    with torch.no_grad():
+        expected = wrapped(sample).numpy()
+    save_model(model, str(directory / WEIGHTS_FILE), metadata=metadata)
+    reloaded = rebuild_model(TrialConfig.from_dict(json.loads(metadata["trial_config"])),
+                             int(metadata["num_classes"]), int(metadata["data_channels"]))
+    load_model(reloaded, str(directory / WEIGHTS_FILE))
+    with warnings.catch_warnings():
+        # torch 2.14 marks torch.jit deprecated; TorchScript is still what LibTorch (C++) serving loads.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapped, sample[:2])
+        torch.jit.save(traced, str(directory / TORCHSCRIPT_FILE))
+        scripted = torch.jit.load(str(directory / TORCHSCRIPT_FILE))
+        torch.onnx.export(wrapped, (sample[:2],), str(directory / ONNX_FILE), input_names=["images"],
+                          output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                          dynamo=True, external_data=False, verbose=False)
+    session = onnxruntime.InferenceSession(str(directory / ONNX_FILE), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        outputs = {
+            "safetensors": Probabilities(reloaded)(sample).numpy(),
+            "torchscript": scripted(sample).numpy(),
+            "onnx": session.run(["probabilities"], {"images": sample.numpy()})[0],
+        }
+    diffs = {name: float(np.abs(out - expected).max()) for name, out in outputs.items()}
+    bad = {name: diff for name, diff in diffs.items() if not diff <= ONNX_TOLERANCE}
+    if bad:
+        raise ExportError(f"the exported {', '.join(bad)} model disagrees with PyTorch on {len(sample)} test images "
+                          f"(max abs difference {bad}, tolerance {ONNX_TOLERANCE}); please report this backbone")
+    return diffs
+
+
+def validation_metrics(client: Any, best: BestTrial) -> dict[str, float]:
+    """The best trial's validation metrics at its best epoch, from MLflow."""
+    from search.space import SEARCH_METRICS
+
+    out = {}
+    for key in (k for k in SEARCH_METRICS if k.startswith("val_")):
+        values = [m.value for m in client.get_metric_history(best.run_id, key) if m.step == best.epoch]
+        if values:
+            out[key] = values[-1]
+    return out
+
+
+def search_timing(client: Any, study: Study) -> dict[str, Any]:
+    """Trials by state and how long the search ran (first trial start to last trial end)."""
+    runs = child_runs(client, study)
+    counts: dict[str, int] = {}
+    for run in runs:
+        state = run.data.tags.get("medtune.state", "unknown")
+        counts[state] = counts.get(state, 0) + 1
+    starts = [r.info.start_time for r in runs if r.info.start_time]
+    ends = [r.info.end_time for r in runs if r.info.end_time]
+    wall = (max(ends) - min(starts)) / 1000 if starts and ends else None
+    trial_seconds = sum((r.info.end_time - r.info.start_time) / 1000 for r in runs
+                        if r.info.start_time and r.info.end_time)
+    return {"trials": len(runs), "states": counts, "wall_seconds": wall, "trial_seconds": trial_seconds}
+
+
+def trial_config(study: Study, best: BestTrial) -> TrialConfig:
+    """The best trial's exact config: from one of its checkpoints, else its MLflow params."""
+    from search.studies import checkpoint_epochs, trial_directory
+    from trainables.checkpoint import load_checkpoint
+
+    try:
+        folders = checkpoint_epochs(trial_directory(study, best.trial_id))
+    except StudyError:
+        folders = {}
+    if folders:
+        return TrialConfig.from_dict(load_checkpoint(next(iter(folders.values())))["config"])
+    return TrialConfig.from_dict(dict(best.params))
+
+
+def training_images(config: TrialConfig, data: ImageDataset, pool: np.ndarray) -> int:
+    """How many images of ``pool`` a trial trains on (its ``train_fraction`` subsample)."""
+    from trainables.data.splits import subsample_train
+
+    if config.train_fraction >= 1.0:
+        return len(pool)
+    return len(subsample_train(pool, data.labels, config.train_fraction, config.seed))
+
+
+def final_model(study: Study, best: BestTrial, data: ImageDataset, refit: bool,
+                log: Log) -> tuple[nn.Module, TrialConfig, int, Path | None]:
+    """The model to export: the best checkpoint, or a refit on train + val.
+
+    Returns:
+        ``(model on the CPU in eval mode, its config, training images, checkpoint folder or None)``.
+    """
+    from trainables.checkpoint import load_checkpoint
+
+    if refit:
+        config = trial_config(study, best)
+        model, used = refit_model(config, data, best.epoch, log)
+        return model.cpu().eval(), config, used, None
+    folder = best_checkpoint(study, best)
+    saved = load_checkpoint(folder)
+    config = TrialConfig.from_dict(saved["config"])
+    model = rebuild_model(config, data.num_classes, data.channels)
+    model.load_state_dict(saved["model"])
+    log(f"best checkpoint: epoch {best.epoch} of trial {best.trial_id} ({folder})")
+    return model.cpu().eval(), config, training_images(config, data, data.splits["train"]), folder
+
+
+def input_size(spec: InputSpec, stored: tuple[int, int]) -> int:
+    """Side ``S`` of the network input for images stored at ``stored`` (as prepare_batch does it)."""
+    crop = min(spec.crop_size or min(stored), *stored)
+    return spec.input_size or crop
+
+
+def export_config(space: Any, data: ImageDataset, config: TrialConfig, spec: InputSpec, study: Study,
+                  best: BestTrial, refit: bool, checkpoint: Path | None) -> dict[str, Any]:
+    """The ``config.json`` of an export: how to rebuild the network and prepare its input."""
+    from search.tracking import library_versions
+
+    stored = (int(data.images.shape[1]), int(data.images.shape[2]))
+    size = input_size(spec, stored)
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "files": {"weights": WEIGHTS_FILE, "torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "card": CARD_FILE},
+        "model": {
+            "backbone": config.backbone,
+            "num_classes": data.num_classes,
+            "class_names": list(data.class_names),
+            "data_channels": data.channels,
+            "input": f"float32 (B, {spec.in_chans}, {size}, {size}): images after `preprocess`",
+            "output": "torchscript and onnx: class probabilities (B, num_classes); safetensors weights: logits",
+        },
+        "preprocess": {
+            "stored_size": list(stored),
+            "image_size": space.data.image_size,
+            "channels": data.channels,
+            "crop_size": spec.crop_size,
+            "input_size": size,
+            "in_chans": spec.in_chans,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "steps": [
+                "decode with Pillow to L (channels 1) or RGB (channels 3); 16-bit images min-max scaled to 8 bit",
+                "resize to image_size x image_size (bilinear) when image_size is set; else images must be "
+                "stored_size already",
+                "centre crop crop_size (null: the largest centred square), resize to input_size "
+                "(bilinear, antialiased when shrinking)",
+                "scale to [0, 1], average or repeat channels to in_chans, subtract mean, divide by std",
+            ],
+        },
+        "trial_config": config.to_dict(),
+        "data": {"source": str((space.raw.get("data") or {}).get("source", data.source)),
+                 "data_config": dataclasses.asdict(space.data), "fingerprint": data.fingerprint},
+        "study": {"name": study.name, "trial_id": best.trial_id, "run_id": best.run_id,
+                  "parent_run_id": study.parent_run_id, "tracking_uri": study.tracking_uri,
+                  "metric": best.metric, "value": best.value, "best_epoch": best.epoch, "refit": refit,
+                  "checkpoint": str(checkpoint) if checkpoint else None},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "versions": library_versions(),
+    }
+
+
+def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[str, Any]:
+    """Export the study's best trial to ``options.directory`` and test it once.
+
+    Returns:
+        The summary also written to ``metrics.json`` (test and validation metrics, split
+        sizes, search timing, format differences), plus ``directory``.
+
+    Raises:
+        StudyError: no finished trial, a missing run, checkpoint or data.
+        ExportError: the directory exists (without ``force``), or a format check failed.
+    """
+    from sklearn.metrics import confusion_matrix
+
+    from search.card import model_card
+    from search.tracking import roc_and_confusion_png
+    from trainables.trial import input_spec_for
+
+    directory = options.directory.expanduser().resolve()
+    check_target(directory, options.force)
+    client = study.client()
+    best, _ = best_trial(client, study, options.metric)
+    space, space_text, data = study_data(client, study, log)
+    if len(data.splits["test"]) == 0:
+        raise StudyError(f"the data of study {study.name!r} has no test split (data.test_fraction 0), so the "
+                         "final model cannot be tested; run the study on data with a held-out test split")
+    model, config, train_images, checkpoint = final_model(study, best, data, options.refit, log)
+    spec = input_spec_for(config, data, model)
+
+    test, probs, labels = evaluate_split(model, spec, data, "test", config.eval_batch_size)
+    matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(data.num_classes))).tolist()
+    log("test: " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in test.items()) + f"  ({len(labels)} images)")
+    config_json = export_config(space, data, config, spec, study, best, options.refit, checkpoint)
+    summary: dict[str, Any] = {
+        "test": test, "test_confusion_matrix": matrix, "validation": validation_metrics(client, best),
+        "split_sizes": data.split_sizes(), "train_images": train_images, "refit": options.refit,
+        "search": search_timing(client, study), "best": dataclasses.asdict(best),
+    }
+    sample = prepare_batch(torch.from_numpy(data.images[data.splits["test"][:CHECK_IMAGES]]), spec)
+    metadata = {"format": EXPORT_FORMAT, "trial_config": json.dumps(config.to_dict()),
+                "num_classes": str(data.num_classes), "data_channels": str(data.channels),
+                "class_names": json.dumps(list(data.class_names))}
+    plots = roc_and_confusion_png(labels, probs, list(data.class_names))
+
+    # Everything is written to a staging folder and renamed at the end: a failed export
+    # (e.g. an ONNX mismatch) leaves neither a half-written folder nor a damaged old one.
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        summary["format_max_abs_diff"] = write_networks(staging, model, sample, metadata)
+        log("reloaded formats vs PyTorch, max abs difference in probabilities: " + ", ".join(
+            f"{k} {v:.1e}" for k, v in summary["format_max_abs_diff"].items()))
+        for name, content in plots.items():
+            (staging / name).write_bytes(content)
+        (staging / CONFIG_FILE).write_text(json.dumps(config_json, indent=2))
+        (staging / METRICS_FILE).write_text(json.dumps(summary, indent=2, default=_plain))
+        (staging / CARD_FILE).write_text(model_card(config_json, summary, space_text))
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log(f"wrote {directory}: " + ", ".join(sorted(p.name for p in directory.iterdir())))
+
+    log_test_results(client, study, directory, summary, plots)
+    if options.register:
+        version = register(study, directory, options.register, config_json)
+        summary["registered"] = {"name": options.register, "version": version}
+        log(f"registered {options.register!r} version {version} in {study.tracking_uri}")
+    return {**summary, "directory": str(directory)}
+
+
+def log_test_results(client: Any, study: Study, directory: Path, summary: dict[str, Any],
+                     plots: dict[str, bytes]) -> None:
+    """``test_*`` metrics, the test ROC curve and confusion matrix, and the card on the parent run."""
+    from search.tracking import Metric, RunTag, log_png, now_ms
+
+    stamp = now_ms()
+    metrics = [Metric(k, float(v), stamp, 0) for k, v in summary["test"].items() if np.isfinite(v)]
+    tags = [RunTag("medtune.export.trial_id", summary["best"]["trial_id"]),
+            RunTag("medtune.export.refit", str(summary["refit"]).lower()),
+            RunTag("medtune.export.train_images", str(summary["train_images"])),
+            RunTag("medtune.test_confusion_matrix", json.dumps(summary["test_confusion_matrix"]))]
+    client.log_batch(study.parent_run_id, metrics=metrics, tags=tags)
+    for name, content in plots.items():
+        log_png(client, study.parent_run_id, f"test_{name}", content)
+    for name in (CARD_FILE, CONFIG_FILE, METRICS_FILE):
+        client.log_artifact(study.parent_run_id, str(directory / name), artifact_path="export")
+
+
+def register(study: Study, directory: Path, name: str, config_json: dict[str, Any]) -> str:
+    """Log the ONNX model under the study's parent run and register it as ``name``.
+
+    ONNX makes the registered model self-contained (no medtune code needed to serve it);
+    the signature states the preprocessed float input and the probabilities output.
+
+    Returns:
+        The new model version.
+    """
+    import mlflow
+    import mlflow.onnx
+    import onnx
+    import onnxruntime
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    model = config_json["model"]
+    pre = config_json["preprocess"]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, pre["in_chans"], pre["input_size"], pre["input_size"]),
+                                  "images")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model["num_classes"]), "probabilities")]),
+    )
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(study.tracking_uri)
+    try:
+        with mlflow.start_run(run_id=study.parent_run_id):
+            info = mlflow.onnx.log_model(
+                onnx.load(str(directory / ONNX_FILE)), name="model", registered_model_name=name,
+                signature=signature, save_as_external_data=False,
+                pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+                extra_files=[str(directory / CONFIG_FILE), str(directory / CARD_FILE)],
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return str(info.registered_model_version)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+__all__ = ["ExportError", "ExportOptions", "Probabilities", "check_target", "export_best", "rebuild_model"]

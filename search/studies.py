@@ -1,0 +1,297 @@
+"""Read finished studies back: list them, rank their trials, find the best checkpoint.
+
+A study is two records that must agree: its folder ``<storage>/<name>/`` (the Tune
+experiment, ``medtune_study.json`` and every trial's checkpoints) and its MLflow parent
+run (one child per trial with its state and best epoch). ``search list``, ``search
+best`` and the export all read studies through this module, so they find trials and
+checkpoints the same way and fail with the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search.study import DEFAULT_STORAGE, STUDY_FILE
+from search.tracking import MlflowClient
+
+FINISHED_STATES = ("completed", "stopped_early")
+
+
+class StudyError(ValueError):
+    """A study, run, trial or checkpoint that cannot be used; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """What ``medtune_study.json`` remembers about a study.
+
+    Attributes:
+        name: the study name (its folder name).
+        directory: ``<storage>/<name>``, the Tune experiment folder.
+        tracking_uri / experiment_id / parent_run_id: where its MLflow runs are.
+        data_fingerprint: the dataset fingerprint it ran on (content, settings, split).
+        space_path: the space file it was started from.
+        created: local start time, ``YYYY-MM-DDTHH:MM:SS``.
+    """
+
+    name: str
+    directory: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    data_fingerprint: str
+    space_path: str
+    created: str
+
+    @classmethod
+    def load(cls, directory: Path) -> "Study":
+        """Read ``directory/medtune_study.json``."""
+        try:
+            record = json.loads((directory / STUDY_FILE).read_text())
+            return cls(name=record["name"], directory=directory, tracking_uri=record["tracking_uri"],
+                       experiment_id=str(record["experiment_id"]), parent_run_id=record["parent_run_id"],
+                       data_fingerprint=record["data_fingerprint"], space_path=record.get("space", ""),
+                       created=record.get("created", ""))
+        except (OSError, ValueError, KeyError) as err:
+            raise StudyError(f"{directory / STUDY_FILE} is unreadable or incomplete ({type(err).__name__}: {err}); "
+                             "it is written by `search run`: restore it or run the study again") from None
+
+    def client(self) -> MlflowClient:
+        """An MLflow client on the study's tracking URI (never creating a new SQLite file)."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            path = Path(self.tracking_uri[len("sqlite:///"):])
+            if not path.is_file():
+                raise StudyError(f"study {self.name!r} logged to {self.tracking_uri}, but {path} does not exist; "
+                                 f"put the MLflow database back there, or fix tracking_uri in "
+                                 f"{self.directory / STUDY_FILE}")
+        return MlflowClient(self.tracking_uri)
+
+
+def storage_root(storage: str | None = None) -> Path:
+    """The folder holding studies: ``--storage``, else ``$MEDTUNE_STORAGE``, else ``runs/studies``."""
+    return Path(storage or os.environ.get("MEDTUNE_STORAGE") or DEFAULT_STORAGE).expanduser().resolve()
+
+
+def list_studies(storage: str | None = None) -> list[Study]:
+    """Every study under the storage folder, oldest first."""
+    root = storage_root(storage)
+    if not root.is_dir():
+        return []
+    studies = [Study.load(path.parent) for path in sorted(root.glob(f"*/{STUDY_FILE}"))]
+    return sorted(studies, key=lambda s: (s.created, s.name))
+
+
+def find_study(name: str, storage: str | None = None) -> Study:
+    """The study called ``name``; the error lists the studies that do exist."""
+    root = storage_root(storage)
+    directory = root / name
+    if (directory / STUDY_FILE).is_file():
+        return Study.load(directory)
+    known = [s.name for s in list_studies(storage)]
+    there = f"studies there: {', '.join(known)}" if known else "there are no studies there"
+    raise StudyError(f"no study named {name!r} in {root} ({there}); check the name with `search list`, "
+                     "or pass --storage (or set MEDTUNE_STORAGE) to the folder `search run` used")
+
+
+def parent_run(client: MlflowClient, study: Study) -> Any:
+    """The study's MLflow parent run."""
+    try:
+        return client.get_run(study.parent_run_id)
+    except Exception as err:  # MlflowException: the run is not in this store
+        raise StudyError(f"the MLflow run {study.parent_run_id} of study {study.name!r} is not in "
+                         f"{study.tracking_uri} ({type(err).__name__}); the study's MLflow records are missing: "
+                         f"point tracking_uri in {study.directory / STUDY_FILE} at the store it ran with") from None
+
+
+def study_metric(run: Any) -> tuple[str, str]:
+    """``(metric, mode)`` the study optimised, from its parent run's params."""
+    return run.data.params.get("metric", "val_auc"), run.data.params.get("mode", "max")
+
+
+def metric_mode(metric: str, study_metric_name: str, study_mode: str) -> str:
+    """``max`` or ``min`` for ``metric``: the study's mode for its own metric, losses ``min``."""
+    if metric == study_metric_name:
+        return study_mode
+    return "min" if metric.endswith("loss") else "max"
+
+
+def child_runs(client: MlflowClient, study: Study) -> list[Any]:
+    """Every trial's child run."""
+    return client.search_runs([study.experiment_id], max_results=50000,
+                              filter_string=f"tags.`mlflow.parentRunId` = '{study.parent_run_id}'")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One line of ``search list``."""
+
+    study: Study
+    status: str
+    counts: dict[str, int]
+    metric: str
+    best: float | None
+
+
+def summarize(study: Study) -> Summary:
+    """State counts and best metric of a study, read from MLflow (live while it runs)."""
+    client = study.client()
+    run = parent_run(client, study)
+    metric, mode = study_metric(run)
+    counts: dict[str, int] = {}
+    values = []
+    for child in child_runs(client, study):
+        state = child.data.tags.get("medtune.state", "unknown")
+        counts[state] = counts.get(state, 0) + 1
+        if f"medtune.best_{metric}" in child.data.tags:
+            values.append(float(child.data.tags[f"medtune.best_{metric}"]))
+    best = (max(values) if mode == "max" else min(values)) if values else None
+    return Summary(study, run.info.status, counts, metric, best)
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """The best finished trial of a study by one metric.
+
+    Attributes:
+        trial_id / run_id: Tune trial id and its MLflow child run.
+        metric / mode / value / epoch: the ranking metric, its best value and that epoch.
+        state: ``completed`` or ``stopped_early``; epochs_run: the epochs it trained.
+        params: every trial setting as MLflow holds it (strings).
+        searched: the names of the searched settings.
+    """
+
+    trial_id: str
+    run_id: str
+    metric: str
+    mode: str
+    value: float
+    epoch: int
+    state: str
+    epochs_run: int
+    params: dict[str, str]
+    searched: list[str]
+
+
+def ranked_trials(client: MlflowClient, study: Study, metric: str | None = None) -> tuple[pd.DataFrame, str, str]:
+    """The study's leaderboard by ``metric`` (default: the study's), best first.
+
+    The study's own metric comes straight from :func:`search.leaderboard.leaderboard`
+    (the ``medtune.best_<metric>`` tags). Any other metric is ranked by its best epoch
+    in each finished trial's MLflow history, since only the study metric is tagged.
+
+    Returns:
+        ``(table, metric, mode)``.
+    """
+    from search.leaderboard import leaderboard
+    from search.space import SEARCH_METRICS
+
+    run = parent_run(client, study)
+    own, own_mode = study_metric(run)
+    metric = metric or own
+    if metric not in SEARCH_METRICS:
+        raise StudyError(f"--metric {metric!r} is not a metric trials report; use one of {', '.join(SEARCH_METRICS)} "
+                         "(the test split is used only by --export)")
+    mode = metric_mode(metric, own, own_mode)
+    table = leaderboard(client, study.experiment_id, study.parent_run_id, metric, mode)
+    if metric != own and not table.empty:
+        for i, row in table.iterrows():
+            history = client.get_metric_history(row["run_id"], metric) if row["state"] in FINISHED_STATES else []
+            if history:
+                pick = (max if mode == "max" else min)(history, key=lambda m: (m.value, -m.step) if mode == "max"
+                                                        else (m.value, m.step))
+                table.at[i, metric], table.at[i, "best_epoch"] = pick.value, pick.step
+            else:
+                table.at[i, metric], table.at[i, "best_epoch"] = None, pd.NA
+        table = table.sort_values(metric, ascending=mode == "min", na_position="last").reset_index(drop=True)
+    return table, metric, mode
+
+
+def best_trial(client: MlflowClient, study: Study, metric: str | None = None) -> tuple[BestTrial, pd.DataFrame]:
+    """The best finished trial (and the whole leaderboard).
+
+    Raises:
+        StudyError: no trial of the study finished with a score (the message counts the
+            trials by state and quotes an error when they all failed).
+    """
+    table, metric, mode = ranked_trials(client, study, metric)
+    finished = table[table["state"].isin(FINISHED_STATES) & table[metric].notna() & table["best_epoch"].notna()] \
+        if not table.empty else table
+    if finished.empty:
+        counts = table["state"].value_counts().to_dict() if not table.empty else {}
+        found = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"
+        reason = ""
+        if counts.get("errored"):
+            errored = [r for r in child_runs(client, study) if r.data.tags.get("medtune.state") == "errored"]
+            error = next((r.data.tags.get("medtune.error") for r in errored if r.data.tags.get("medtune.error")), "")
+            reason = f"; the first error: {error}" if error else ""
+        raise StudyError(f"study {study.name!r} has no finished trial with a {metric} to export ({found}){reason}; "
+                         "fix the space and run a new study (or `search run SPACE --resume` if it was interrupted)")
+    row = finished.iloc[0]
+    run = client.get_run(row["run_id"])
+    searched = json.loads(run.data.tags.get("medtune.searched", "[]"))
+    best = BestTrial(trial_id=str(row["trial_id"]), run_id=str(row["run_id"]), metric=metric, mode=mode,
+                     value=float(row[metric]), epoch=int(row["best_epoch"]), state=str(row["state"]),
+                     epochs_run=int(row["epochs_run"]), params=dict(run.data.params), searched=searched)
+    return best, table
+
+
+def trial_directory(study: Study, trial_id: str) -> Path:
+    """The trial's Tune folder, ``<study>/train_<trial_id>_<index>_<params>_<date>``."""
+    pattern = re.compile(rf"^[A-Za-z0-9]+_{re.escape(trial_id)}_")
+    found = sorted(p for p in study.directory.iterdir() if p.is_dir() and pattern.match(p.name))
+    if not found:
+        raise StudyError(f"trial {trial_id} of study {study.name!r} has no folder in {study.directory} "
+                         f"(expected train_{trial_id}_...); its checkpoints are gone: copy the study folder back, "
+                         "or pass --refit to retrain the best configuration instead")
+    return found[-1]
+
+
+def checkpoint_epochs(trial_dir: Path) -> dict[int, Path]:
+    """Saved epoch -> checkpoint folder, for every ``checkpoint_*`` Tune kept.
+
+    Tune numbers checkpoints by report, which differs from the epoch after a restore, so
+    the epoch is read from each checkpoint itself (memory-mapped: the weights stay on disk).
+    """
+    import torch
+
+    from trainables.checkpoint import CHECKPOINT_FILE
+
+    epochs: dict[int, Path] = {}
+    for folder in sorted(trial_dir.glob("checkpoint_*")):
+        path = folder / CHECKPOINT_FILE
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            epochs[int(saved["epoch"])] = folder
+    return epochs
+
+
+def best_checkpoint(study: Study, best: BestTrial) -> Path:
+    """The checkpoint folder of the best trial's best epoch.
+
+    Raises:
+        StudyError: the trial folder or that epoch's checkpoint is missing (Tune keeps
+            the two best checkpoints by the study metric plus the latest).
+    """
+    trial_dir = trial_directory(study, best.trial_id)
+    epochs = checkpoint_epochs(trial_dir)
+    if best.epoch in epochs:
+        return epochs[best.epoch]
+    kept = ", ".join(str(e) for e in sorted(epochs)) or "none"
+    raise StudyError(f"trial {best.trial_id} has no checkpoint of epoch {best.epoch}, its best {best.metric} "
+                     f"(checkpoints kept in {trial_dir}: epochs {kept}; Tune keeps the 2 best by the study metric "
+                     f"plus the latest); pass --refit to retrain that configuration for {best.epoch} epochs, "
+                     "or rank by the study's own metric")
+
+
+__all__ = [
+    "FINISHED_STATES", "BestTrial", "Study", "StudyError", "Summary", "best_checkpoint", "best_trial",
+    "checkpoint_epochs", "child_runs", "find_study", "list_studies", "parent_run", "ranked_trials",
+    "storage_root", "study_metric", "summarize", "trial_directory",
+]

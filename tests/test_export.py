@@ -1,0 +1,372 @@
+"""The final model: ``search list``, ``search best [--export] [--refit] [--register]``, ``search predict``.
+
+One small real study (cnn3 on a 15% PneumoniaMNIST subset, 4 trials, 2 epochs) runs once
+for the module through the real ``search run`` command; the export, its reloads in every
+format, the test metrics, predictions and the error messages are checked against it. A
+tiny study on Kaggle's PCam sample layout gives a 3-channel 96 px model for Kaggle's
+submission format, and a study whose every trial errors gives "no finished trial".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from search.cli import main
+
+STUDY_SPACE = """
+name: quick
+data:
+  source: medmnist/pneumoniamnist.npz
+  train_fraction: 0.15
+params:
+  backbone: cnn3
+  epochs: 2
+  batch_size: 32
+search:
+  lr: {choice: [3.0e-3, 1.0e-6]}
+  dropout: {choice: [0.0, 0.3]}
+tune: {algorithm: grid, num_samples: 1, max_failures: 0}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+resources: {cpus: 1}
+"""
+
+KAGGLE_SPACE = """
+name: kaggle
+data:
+  source: pcam_kaggle_sample          # Kaggle's layout: train_labels.csv + train/<id>.tif (15 patches)
+  val_fraction: 0.3
+  test_fraction: 0.3
+params:
+  backbone: cnn3
+  epochs: 1
+  batch_size: 4
+search:
+  lr: {choice: [1.0e-3, 3.0e-3]}
+tune: {algorithm: grid, num_samples: 1, max_failures: 0}
+scheduler: {type: none}
+resources: {cpus: 1}
+"""
+
+ERRORED_SPACE = """
+name: broken
+data:
+  source: pcam_kaggle_sample
+  val_fraction: 0.3
+  test_fraction: 0.3
+params:
+  backbone: cnn3
+  epochs: 1
+  crop_size: 128                      # larger than the 96 px patches: every trial errors at setup
+search:
+  lr: {choice: [1.0e-3]}
+tune: {algorithm: grid, num_samples: 1, max_failures: 0}
+scheduler: {type: none}
+resources: {cpus: 1}
+"""
+
+KAGGLE_TEST = "pcam_kaggle_sample/test"
+
+
+def run_study(root: Path, space: str) -> Path:
+    """Run ``search run`` in a subprocess (its own Ray) with MLflow in ``root/mlflow.db``."""
+    name = space.split("name: ", 1)[1].split()[0]
+    path = root / f"{name}.yaml"
+    path.write_text(textwrap.dedent(space))
+    log = root / f"{name}.log"
+    with open(log, "w") as handle:
+        proc = subprocess.run([sys.executable, "-m", "search.cli", "run", str(path), "--storage", str(root / "studies"),
+                               "--num-cpus", "2"], cwd=root, stdout=handle, stderr=subprocess.STDOUT, timeout=900,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == 0, log.read_text()
+    return root / "studies" / name
+
+
+def search(*args: str) -> int:
+    return main(list(args))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("final-model")
+
+
+@pytest.fixture(scope="module")
+def study(root: Path) -> Path:
+    return run_study(root, STUDY_SPACE)
+
+
+@pytest.fixture(scope="module")
+def record(study: Path) -> dict:
+    return json.loads((study / "medtune_study.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def exported(study: Path, root: Path) -> Path:
+    target = root / "exports" / "quick"
+    assert search("best", "quick", "--storage", str(study.parent), "--export", str(target)) == 0
+    return target
+
+
+@pytest.fixture(scope="module")
+def data(study: Path):
+    """The study's dataset, loaded from the space it ran (same split, checked by fingerprint)."""
+    from search.export import study_data
+    from search.studies import Study
+
+    loaded = Study.load(study)
+    return study_data(loaded.client(), loaded, lambda _: None)[2]
+
+
+def storage(root: Path) -> str:
+    return str(root / "studies")
+
+
+def test_list_shows_each_study_with_trials_and_best_metric(study, record, root, capsys):
+    assert search("list", "--storage", storage(root)) == 0
+    out = capsys.readouterr().out
+    client = MlflowClient(record["tracking_uri"])
+    best = client.get_run(record["parent_run_id"]).data.metrics["best_val_auc"]
+    line = next(line for line in out.splitlines() if line.startswith("quick "))
+    assert record["created"].replace("T", " ") in line
+    assert " 4 " in line and f"val_auc {best:.4f}" in line and "finished" in line, out
+
+
+def test_best_prints_best_trial_and_leaderboard(study, record, root, capsys):
+    client = MlflowClient(record["tracking_uri"])
+    parent = client.get_run(record["parent_run_id"])
+    best_run = client.get_run(parent.data.tags["medtune.best_run_id"])
+    assert search("best", "quick", "--storage", storage(root), "--top", "2") == 0
+    out = capsys.readouterr().out
+    tags = best_run.data.tags
+    assert f"best trial {tags['medtune.trial_id']}" in out
+    assert f"val_auc {float(tags['medtune.best_val_auc']):.4f} at epoch {tags['medtune.best_epoch']}" in out
+    assert best_run.info.run_id in out and f"lr = {best_run.data.params['lr']}" in out
+    table = out.split("top 2 of 4 trials by val_auc (max):\n", 1)[1].strip().splitlines()
+    assert len(table) == 3 and table[1].split()[0] == tags["medtune.trial_id"], out  # header + 2 rows
+
+    # Another metric ranks by its best epoch in each trial's history.
+    assert search("best", "quick", "--storage", storage(root), "--metric", "val_loss", "--top", "1") == 0
+    out = capsys.readouterr().out
+    assert "by val_loss (min)" in out
+    trial = out.split("best trial ", 1)[1].split()[0]
+    run = next(r for r in client.search_runs([record["experiment_id"]]) if r.data.tags.get("medtune.trial_id") == trial)
+    lowest = min(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.value)
+    assert f"val_loss {lowest.value:.4f} at epoch {lowest.step}" in out
+
+
+def test_export_reloads_identically_as_safetensors_torchscript_and_onnx(exported, study, record, data):
+    import onnxruntime
+    from safetensors.torch import load_model
+
+    from search.export import rebuild_model
+    from search.predict import load_exported
+    from trainables.augment import InputSpec, prepare_batch
+    from trainables.checkpoint import load_checkpoint
+    from trainables.config import TrialConfig
+
+    assert {"model.safetensors", "config.json", "model.torchscript.pt", "model.onnx", "MODEL_CARD.md", "metrics.json",
+            "roc_curve.png", "confusion_matrix.png"} <= {p.name for p in exported.iterdir()}
+    config = json.loads((exported / "config.json").read_text())
+    pre = config["preprocess"]
+    assert pre["stored_size"] == [28, 28] and pre["channels"] == 1 and pre["image_size"] is None
+    assert config["model"]["class_names"] == data.class_names and config["model"]["backbone"] == "cnn3"
+    assert len(pre["mean"]) == len(pre["std"]) == pre["in_chans"] == 1
+
+    # The weights are those of the best trial's checkpoint of its best epoch.
+    client = MlflowClient(record["tracking_uri"])
+    tags = client.get_run(config["study"]["run_id"]).data.tags
+    assert config["study"]["best_epoch"] == int(tags["medtune.best_epoch"])
+    checkpoint = load_checkpoint(config["study"]["checkpoint"])
+    assert checkpoint["epoch"] == int(tags["medtune.best_epoch"])
+    assert f"train_{tags['medtune.trial_id']}_" in config["study"]["checkpoint"]
+
+    network = rebuild_model(TrialConfig.from_dict(config["trial_config"]), 2, 1)
+    load_model(network, str(exported / "model.safetensors"))
+    for key, value in checkpoint["model"].items():
+        assert torch.equal(network.state_dict()[key], value), key
+
+    spec = InputSpec(pre["crop_size"], pre["input_size"], pre["in_chans"], tuple(pre["mean"]), tuple(pre["std"]))
+    x = prepare_batch(torch.from_numpy(data.images[data.splits["test"][:100]]), spec)
+    with torch.no_grad():
+        reference = torch.softmax(network(x), 1).numpy()
+        scripted = torch.jit.load(str(exported / "model.torchscript.pt"))(x).numpy()
+    session = onnxruntime.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"images": x.numpy()})[0]
+    onnx_one = session.run(None, {"images": x[:1].numpy()})[0]  # the batch axis is dynamic
+    loaded = load_exported(exported).probabilities(data.images[data.splits["test"][:100]])
+    np.testing.assert_allclose(scripted, reference, atol=1e-6)
+    np.testing.assert_allclose(onnx_out, reference, atol=1e-5)
+    np.testing.assert_allclose(onnx_one, reference[:1], atol=1e-5)
+    np.testing.assert_allclose(loaded, reference, atol=1e-6)
+    assert (reference.argmax(1) == onnx_out.argmax(1)).all()
+    metrics = json.loads((exported / "metrics.json").read_text())
+    assert metrics["format_max_abs_diff"]["onnx"] < 1e-4
+
+
+def test_test_metrics_in_card_and_parent_run_match_the_exported_model(exported, record, data):
+    from search.predict import load_exported
+    from trainables.metrics import classification_metrics
+
+    test = data.splits["test"]
+    probs = load_exported(exported).probabilities(data.images[test])
+    expected = classification_metrics(data.labels[test], probs, prefix="test_")
+    metrics = json.loads((exported / "metrics.json").read_text())
+    parent = MlflowClient(record["tracking_uri"]).get_run(record["parent_run_id"])
+    for key, value in expected.items():
+        assert metrics["test"][key] == pytest.approx(value, abs=1e-6), key
+        assert parent.data.metrics[key] == pytest.approx(value, abs=1e-6), key
+    matrix = np.zeros((2, 2), int)
+    np.add.at(matrix, (data.labels[test], probs.argmax(1)), 1)
+    assert metrics["test_confusion_matrix"] == matrix.tolist()
+    assert json.loads(parent.data.tags["medtune.test_confusion_matrix"]) == matrix.tolist()
+    artifacts = {a.path for a in MlflowClient(record["tracking_uri"]).list_artifacts(record["parent_run_id"])}
+    assert {"test_roc_curve.png", "test_confusion_matrix.png", "export"} <= artifacts
+
+    card = (exported / "MODEL_CARD.md").read_text()
+    sizes = data.split_sizes()
+    assert f"| train | {sizes['train']} |" in card and f"| test | {sizes['test']} |" in card
+    assert f"| validation | {sizes['val']} |" in card
+    assert "lr: {choice: [3.0e-3, 1.0e-6]}" in card  # the search space as run
+    assert f"| AUC | {metrics['validation']['val_auc']:.4f} | {expected['test_auc']:.4f} |" in card
+    assert f"| sensitivity | {metrics['validation']['val_sensitivity']:.4f} | {expected['test_sensitivity']:.4f} |" in card
+    assert f"| normal | {matrix[0, 0]} | {matrix[0, 1]} |" in card
+    assert "| lr | 0.003 |" in card and "| dropout |" in card  # the best parameters
+    assert "The search ran " in card and "4 trials" in card
+
+
+def test_predict_images_and_dataset_agree(exported, data, root, data_root, capsys):
+    from PIL import Image
+
+    folder = root / "pngs"
+    folder.mkdir(exist_ok=True)
+    test = data.splits["test"]
+    for k in range(3):
+        Image.fromarray(data.images[test[k], :, :, 0]).save(folder / f"case{k}.png")
+    out = root / "preds.csv"
+    assert search("predict", str(exported), str(data_root / "medmnist" / "pneumoniamnist.npz"), str(folder),
+                  "--out", str(out)) == 0
+    assert "627 images" in capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["path", "pred", "class_name", "prob_normal", "prob_pneumonia", "label"]
+    by_path = {row["path"]: row for row in rows}
+    for k in range(3):
+        from_file, from_data = by_path[str(folder / f"case{k}.png")], rows[k]
+        assert from_data["label"] == str(data.labels[test[k]]) and from_file["label"] == ""
+        assert from_file["prob_pneumonia"] == from_data["prob_pneumonia"]  # decoding a PNG matches the stored image
+        assert from_file["class_name"] == ["normal", "pneumonia"][int(from_file["pred"])]
+    metrics = json.loads((exported / "metrics.json").read_text())
+    probs = np.array([float(r["prob_pneumonia"]) for r in rows[:len(test)]])
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(data.labels[test], probs) == pytest.approx(metrics["test"]["test_auc"], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def kaggle_export(root: Path) -> Path:
+    run_study(root, KAGGLE_SPACE)
+    target = root / "exports" / "kaggle"
+    assert search("best", "kaggle", "--storage", storage(root), "--export", str(target)) == 0
+    return target
+
+
+def test_predict_on_kaggle_test_folder_writes_a_submission(kaggle_export, data_root, root):
+    config = json.loads((kaggle_export / "config.json").read_text())
+    assert config["preprocess"]["stored_size"] == [96, 96] and config["preprocess"]["in_chans"] == 3
+    out = root / "submission.csv"
+    assert search("predict", str(kaggle_export), str(data_root / KAGGLE_TEST), "--out", str(out)) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,label"
+    rows = [line.split(",") for line in lines[1:]]
+    ids = sorted(p.stem for p in (data_root / KAGGLE_TEST).glob("*.tif"))
+    assert len(rows) == len(ids) == 11
+    assert sorted(r[0] for r in rows) == ids
+    assert all(0.0 <= float(r[1]) <= 1.0 for r in rows)
+
+
+def test_bad_inputs_name_the_problem_and_the_fix(exported, study, record, root, capsys, monkeypatch):
+    monkeypatch.chdir(root)  # where predict would write predictions.csv by default
+    def error(*args: str) -> str:
+        assert search(*args) == 2
+        return capsys.readouterr().err
+
+    assert "already exists" in (err := error("best", "quick", "--storage", storage(root), "--export", str(exported)))
+    assert "--force" in err
+    err = error("best", "nosuch", "--storage", storage(root))
+    assert "no study named 'nosuch'" in err and "quick" in err and "--storage" in err
+
+    fake = root / "studies" / "ghost"  # a study folder whose MLflow run is gone
+    fake.mkdir()
+    (fake / "medtune_study.json").write_text(json.dumps({**record, "name": "ghost", "parent_run_id": "0" * 32}))
+    err = error("best", "ghost", "--storage", storage(root))
+    assert "MLflow run 0000" in err and "ghost" in err
+    shutil.rmtree(fake)
+
+    run_study(root, ERRORED_SPACE)
+    err = error("best", "broken", "--storage", storage(root), "--export", str(root / "exports" / "broken"))
+    assert "has no finished trial" in err and "1 errored" in err and "crop_size 128 is larger" in err
+    assert not (root / "exports" / "broken").exists()
+
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 40), 120, np.uint8)).save(root / "big.png")
+    err = error("predict", str(exported), str(root / "big.png"))
+    assert "big.png is 40x40 pixels" in err and "28x28" in err and "resize" in err
+    Image.fromarray(np.full((28, 28, 3), 120, np.uint8)).convert("LAB").save(root / "lab.tif")
+    err = error("predict", str(exported), str(root / "lab.tif"))
+    assert "image mode 'LAB'" in err and "convert" in err
+    (root / "notes.png").write_text("not an image")
+    assert "not an image file" in error("predict", str(exported), str(root / "notes.png"))
+    assert "is not a medtune export" in error("predict", str(root), str(root / "big.png"))
+    assert not (root / "predictions.csv").exists()
+
+    before = (exported / "config.json").read_text()
+    assert search("best", "quick", "--storage", storage(root), "--export", str(exported), "--force") == 0
+    assert json.loads((exported / "config.json").read_text())["study"] == json.loads(before)["study"]
+
+
+def test_register_creates_a_model_version_with_a_signature(study, record, root):
+    import mlflow
+
+    target = root / "exports" / "registered"
+    assert search("best", "quick", "--storage", storage(root), "--export", str(target), "--register", "pneumonia-cnn") == 0
+    client = MlflowClient(record["tracking_uri"])
+    versions = client.search_model_versions("name = 'pneumonia-cnn'")
+    assert len(versions) == 1 and versions[0].run_id == record["parent_run_id"]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(record["tracking_uri"])
+    try:
+        info = mlflow.models.get_model_info(f"models:/pneumonia-cnn/{versions[0].version}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    inputs, outputs = info.signature.inputs.inputs[0], info.signature.outputs.inputs[0]
+    assert inputs.name == "images" and tuple(inputs.shape) == (-1, 1, 28, 28)
+    assert outputs.name == "probabilities" and tuple(outputs.shape) == (-1, 2)
+
+
+@pytest.mark.slow
+def test_refit_trains_on_train_and_val_for_the_best_epoch_count(study, record, root, data):
+    target = root / "exports" / "refit"
+    assert search("best", "quick", "--storage", storage(root), "--export", str(target), "--refit") == 0
+    config = json.loads((target / "config.json").read_text())
+    metrics = json.loads((target / "metrics.json").read_text())
+    sizes = data.split_sizes()
+    assert config["study"]["refit"] is True and config["study"]["checkpoint"] is None
+    assert metrics["train_images"] == sizes["train"] + sizes["val"]
+    card = (target / "MODEL_CARD.md").read_text()
+    assert "--refit" in card and f"retrained on train + validation ({sizes['train'] + sizes['val']} images)" in card
+    assert f"Training images of the exported weights: {sizes['train'] + sizes['val']}." in card
+    parent = MlflowClient(record["tracking_uri"]).get_run(record["parent_run_id"])
+    assert parent.data.tags["medtune.export.refit"] == "true"
+    assert parent.data.metrics["test_auc"] == pytest.approx(metrics["test"]["test_auc"])
