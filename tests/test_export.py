@@ -166,6 +166,7 @@ def test_best_prints_best_trial_and_leaderboard(study, record, root, capsys):
     assert f"val_loss {lowest.value:.4f} at epoch {lowest.step}" in out
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 def test_export_reloads_identically_as_safetensors_torchscript_and_onnx(exported, study, record, data):
     import onnxruntime
     from safetensors.torch import load_model
