@@ -39,10 +39,10 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str)
     best, search, sizes = summary["best"], summary["search"], summary["split_sizes"]
     names = model["class_names"]
     refit = summary["refit"]
-    epochs = f"{study['best_epoch']} epoch" + ("s" if study["best_epoch"] != 1 else "")
+    epochs = f"{study['epochs']} epoch" + ("s" if study["epochs"] != 1 else "")
     how = (f"retrained on train + validation ({summary['train_images']} images) for {epochs}, the best "
            "trial's best epoch count" if refit else
-           f"the best trial's checkpoint of epoch {study['best_epoch']}, trained on {summary['train_images']} images")
+           f"the best trial's checkpoint of epoch {study['epochs']}, trained on {summary['train_images']} images")
     lines = [
         f"# {study['name']}: {model['backbone']} for {len(names)}-class classification",
         "",
@@ -53,7 +53,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str)
         "",
         f"- Source: `{config['data']['source']}` (fingerprint `{config['data']['fingerprint'][:16]}`, covering "
         "the decoded images, their settings and the split)",
-        f"- Classes: " + ", ".join(f"{i} = {name}" for i, name in enumerate(names)),
+        "- Classes: " + ", ".join(f"{i} = {name}" for i, name in enumerate(names)),
         f"- Images stored at {pre['stored_size'][0]}x{pre['stored_size'][1]}, {pre['channels']} channel(s)"
         + (f" (decoded to image_size {pre['image_size']})" if pre["image_size"] else " (native size)"),
         "",

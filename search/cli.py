@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Sequence
@@ -70,11 +71,14 @@ def _list(args: argparse.Namespace) -> int:
               "(or pass --storage / set MEDTUNE_STORAGE)")
         return 0
     rows = [("name", "created", "trials", "states", "best", "status")]
+    problems = []
     for study in studies:
         try:
+            if isinstance(study, StudyError):
+                raise study
             summary = summarize(study)
         except StudyError as err:
-            rows.append((study.name, study.created.replace("T", " "), "-", f"(unreadable: {err})", "-", "-"))
+            problems.append(str(err))
             continue
         states = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(summary.counts.items())) or "-"
         best = f"{summary.metric} {summary.best:.4f}" if summary.best is not None else "-"
@@ -83,6 +87,8 @@ def _list(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
     return 0
 
 
@@ -102,7 +108,8 @@ def _best(args: argparse.Namespace) -> int:
     for key in best.searched:
         print(f"  {key} = {best.params.get(key)}")
     fixed = [f"{k}={v}" for k, v in sorted(best.params.items()) if k not in best.searched]
-    print("  other settings: " + ", ".join(fixed))
+    print(textwrap.fill("other settings: " + ", ".join(fixed), width=110, initial_indent="  ",
+                        subsequent_indent="    "))
     shown = table.head(args.top)
     print(f"top {len(shown)} of {len(table)} trials by {best.metric} ({best.mode}):")
     print(shown.drop(columns=["run_id"]).to_string(index=False, na_rep="-"))

@@ -50,8 +50,9 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 ONNX_FILE = "model.onnx"
 CARD_FILE = "MODEL_CARD.md"
 METRICS_FILE = "metrics.json"
-ONNX_TOLERANCE = 1e-4  # max abs difference in probabilities accepted between ONNX Runtime and PyTorch
+FORMAT_TOLERANCE = 1e-4  # max abs difference in probabilities a reloaded format may have to PyTorch
 CHECK_IMAGES = 64
+SPACE_TAG_LIMIT = 7900  # search.tracking.start_study_run keeps this much of the space in a tag
 
 Log = Callable[[str], None]
 
@@ -128,15 +129,13 @@ def study_space(client: Any, study: Study) -> tuple[Any, str]:
     ``space.yaml``, else the space file."""
     from search.space import parse_space
 
-    import os
-
-    text = None
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no progress bar
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            text = Path(client.download_artifacts(study.parent_run_id, "space.yaml", tmp)).read_text()
-        except Exception:  # noqa: BLE001 - artifact store unreachable: fall back to the file
-            text = None
+    text = client.get_run(study.parent_run_id).data.tags.get("medtune.space")
+    if text is None or len(text) >= SPACE_TAG_LIMIT:  # the tag holds a space only up to its length limit
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                text = Path(client.download_artifacts(study.parent_run_id, "space.yaml", tmp)).read_text()
+            except Exception:  # noqa: BLE001 - artifact store unreachable: fall back to the file
+                text = None
     if text is None:
         path = Path(study.space_path)
         if not path.is_file():
@@ -216,11 +215,12 @@ def evaluate_split(model: nn.Module, spec: InputSpec, data: ImageDataset, split:
     return metrics, probs, labels
 
 
-def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor, metadata: dict[str, str]) -> dict[str, float]:
+def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor,
+                   metadata: dict[str, str]) -> dict[str, float]:
     """Write safetensors, TorchScript and ONNX; return each format's max abs difference to PyTorch.
 
     Raises:
-        ExportError: a reloaded format disagrees with PyTorch beyond ``ONNX_TOLERANCE``.
+        ExportError: a reloaded format disagrees with PyTorch beyond ``FORMAT_TOLERANCE``.
     """
     import onnxruntime
     from safetensors.torch import load_model, save_model
@@ -236,12 +236,20 @@ def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor, meta
     with warnings.catch_warnings():
         # torch 2.14 marks torch.jit deprecated; TorchScript is still what LibTorch (C++) serving loads.
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapped, sample[:2])
-        torch.jit.save(traced, str(directory / TORCHSCRIPT_FILE))
-        scripted = torch.jit.load(str(directory / TORCHSCRIPT_FILE))
-        torch.onnx.export(wrapped, (sample[:2],), str(directory / ONNX_FILE), input_names=["images"],
-                          output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          dynamo=True, external_data=False, verbose=False)
+        try:
+            traced = torch.jit.trace(wrapped, sample[:2])
+            torch.jit.save(traced, str(directory / TORCHSCRIPT_FILE))
+            scripted = torch.jit.load(str(directory / TORCHSCRIPT_FILE))
+        except Exception as err:  # noqa: BLE001 - tracing fails in many ways for unusual modules
+            raise ExportError(f"TorchScript tracing of backbone {metadata['backbone']!r} failed "
+                              f"({type(err).__name__}: {err}); please report this backbone") from err
+        try:
+            torch.onnx.export(wrapped, (sample[:2],), str(directory / ONNX_FILE), input_names=["images"],
+                              output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                              dynamo=True, external_data=False, verbose=False)
+        except Exception as err:  # noqa: BLE001 - torch.export / onnxscript raise many error types
+            raise ExportError(f"ONNX export of backbone {metadata['backbone']!r} failed "
+                              f"({type(err).__name__}: {err}); please report this backbone") from err
     session = onnxruntime.InferenceSession(str(directory / ONNX_FILE), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         outputs = {
@@ -250,10 +258,10 @@ def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor, meta
             "onnx": session.run(["probabilities"], {"images": sample.numpy()})[0],
         }
     diffs = {name: float(np.abs(out - expected).max()) for name, out in outputs.items()}
-    bad = {name: diff for name, diff in diffs.items() if not diff <= ONNX_TOLERANCE}
+    bad = {name: diff for name, diff in diffs.items() if not diff <= FORMAT_TOLERANCE}
     if bad:
         raise ExportError(f"the exported {', '.join(bad)} model disagrees with PyTorch on {len(sample)} test images "
-                          f"(max abs difference {bad}, tolerance {ONNX_TOLERANCE}); please report this backbone")
+                          f"(max abs difference {bad}, tolerance {FORMAT_TOLERANCE}); please report this backbone")
     return diffs
 
 
@@ -294,7 +302,7 @@ def trial_config(study: Study, best: BestTrial) -> TrialConfig:
     except StudyError:
         folders = {}
     if folders:
-        return TrialConfig.from_dict(load_checkpoint(next(iter(folders.values())))["config"])
+        return TrialConfig.from_dict(load_checkpoint(next(iter(folders.values()))[0])["config"])
     return TrialConfig.from_dict(dict(best.params))
 
 
@@ -307,26 +315,41 @@ def training_images(config: TrialConfig, data: ImageDataset, pool: np.ndarray) -
     return len(subsample_train(pool, data.labels, config.train_fraction, config.seed))
 
 
-def final_model(study: Study, best: BestTrial, data: ImageDataset, refit: bool,
-                log: Log) -> tuple[nn.Module, TrialConfig, int, Path | None]:
-    """The model to export: the best checkpoint, or a refit on train + val.
+@dataclass
+class FinalModel:
+    """The network to export and where it came from.
 
-    Returns:
-        ``(model on the CPU in eval mode, its config, training images, checkpoint folder or None)``.
+    Attributes:
+        network: on the CPU, in eval mode.
+        config: its trial config.
+        train_images: images it was trained on.
+        epochs: epochs it was trained for (the checkpoint's epoch, or the refit's).
+        checkpoint: the checkpoint folder it was loaded from (None after a refit).
     """
+
+    network: nn.Module
+    config: TrialConfig
+    train_images: int
+    epochs: int
+    checkpoint: Path | None
+
+
+def final_model(study: Study, best: BestTrial, data: ImageDataset, refit: bool, log: Log) -> FinalModel:
+    """The model to export: the best trial's best checkpoint, or a refit on train + val."""
     from trainables.checkpoint import load_checkpoint
 
     if refit:
         config = trial_config(study, best)
-        model, used = refit_model(config, data, best.epoch, log)
-        return model.cpu().eval(), config, used, None
-    folder = best_checkpoint(study, best)
+        network, used = refit_model(config, data, best.epoch, log)
+        return FinalModel(network.cpu().eval(), config, used, best.epoch, None)
+    folder, epoch = best_checkpoint(study, best)
     saved = load_checkpoint(folder)
     config = TrialConfig.from_dict(saved["config"])
-    model = rebuild_model(config, data.num_classes, data.channels)
-    model.load_state_dict(saved["model"])
-    log(f"best checkpoint: epoch {best.epoch} of trial {best.trial_id} ({folder})")
-    return model.cpu().eval(), config, training_images(config, data, data.splits["train"]), folder
+    network = rebuild_model(config, data.num_classes, data.channels)
+    network.load_state_dict(saved["model"])
+    tie = f" (it ties epoch {best.epoch}, whose checkpoint Tune did not keep)" if epoch != best.epoch else ""
+    log(f"best checkpoint: epoch {epoch} of trial {best.trial_id}{tie} ({folder})")
+    return FinalModel(network.eval(), config, training_images(config, data, data.splits["train"]), epoch, folder)
 
 
 def input_size(spec: InputSpec, stored: tuple[int, int]) -> int:
@@ -335,11 +358,12 @@ def input_size(spec: InputSpec, stored: tuple[int, int]) -> int:
     return spec.input_size or crop
 
 
-def export_config(space: Any, data: ImageDataset, config: TrialConfig, spec: InputSpec, study: Study,
-                  best: BestTrial, refit: bool, checkpoint: Path | None) -> dict[str, Any]:
+def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: InputSpec, study: Study,
+                  best: BestTrial) -> dict[str, Any]:
     """The ``config.json`` of an export: how to rebuild the network and prepare its input."""
     from search.tracking import library_versions
 
+    config = final.config
     stored = (int(data.images.shape[1]), int(data.images.shape[2]))
     size = input_size(spec, stored)
     return {
@@ -377,8 +401,9 @@ def export_config(space: Any, data: ImageDataset, config: TrialConfig, spec: Inp
                  "data_config": dataclasses.asdict(space.data), "fingerprint": data.fingerprint},
         "study": {"name": study.name, "trial_id": best.trial_id, "run_id": best.run_id,
                   "parent_run_id": study.parent_run_id, "tracking_uri": study.tracking_uri,
-                  "metric": best.metric, "value": best.value, "best_epoch": best.epoch, "refit": refit,
-                  "checkpoint": str(checkpoint) if checkpoint else None},
+                  "metric": best.metric, "value": best.value, "best_epoch": best.epoch,
+                  "refit": final.checkpoint is None, "epochs": final.epochs,
+                  "checkpoint": str(final.checkpoint) if final.checkpoint else None},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": library_versions(),
     }
@@ -409,20 +434,21 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     if len(data.splits["test"]) == 0:
         raise StudyError(f"the data of study {study.name!r} has no test split (data.test_fraction 0), so the "
                          "final model cannot be tested; run the study on data with a held-out test split")
-    model, config, train_images, checkpoint = final_model(study, best, data, options.refit, log)
+    final = final_model(study, best, data, options.refit, log)
+    model, config = final.network, final.config
     spec = input_spec_for(config, data, model)
 
     test, probs, labels = evaluate_split(model, spec, data, "test", config.eval_batch_size)
     matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(data.num_classes))).tolist()
     log("test: " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in test.items()) + f"  ({len(labels)} images)")
-    config_json = export_config(space, data, config, spec, study, best, options.refit, checkpoint)
+    config_json = export_config(space, data, final, spec, study, best)
     summary: dict[str, Any] = {
         "test": test, "test_confusion_matrix": matrix, "validation": validation_metrics(client, best),
-        "split_sizes": data.split_sizes(), "train_images": train_images, "refit": options.refit,
+        "split_sizes": data.split_sizes(), "train_images": final.train_images, "refit": options.refit,
         "search": search_timing(client, study), "best": dataclasses.asdict(best),
     }
     sample = prepare_batch(torch.from_numpy(data.images[data.splits["test"][:CHECK_IMAGES]]), spec)
-    metadata = {"format": EXPORT_FORMAT, "trial_config": json.dumps(config.to_dict()),
+    metadata = {"format": EXPORT_FORMAT, "backbone": config.backbone, "trial_config": json.dumps(config.to_dict()),
                 "num_classes": str(data.num_classes), "data_channels": str(data.channels),
                 "class_names": json.dumps(list(data.class_names))}
     plots = roc_and_confusion_png(labels, probs, list(data.class_names))
@@ -448,68 +474,14 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
             shutil.rmtree(staging, ignore_errors=True)
     log(f"wrote {directory}: " + ", ".join(sorted(p.name for p in directory.iterdir())))
 
+    from search.publish import log_test_results, register
+
     log_test_results(client, study, directory, summary, plots)
     if options.register:
         version = register(study, directory, options.register, config_json)
         summary["registered"] = {"name": options.register, "version": version}
         log(f"registered {options.register!r} version {version} in {study.tracking_uri}")
     return {**summary, "directory": str(directory)}
-
-
-def log_test_results(client: Any, study: Study, directory: Path, summary: dict[str, Any],
-                     plots: dict[str, bytes]) -> None:
-    """``test_*`` metrics, the test ROC curve and confusion matrix, and the card on the parent run."""
-    from search.tracking import Metric, RunTag, log_png, now_ms
-
-    stamp = now_ms()
-    metrics = [Metric(k, float(v), stamp, 0) for k, v in summary["test"].items() if np.isfinite(v)]
-    tags = [RunTag("medtune.export.trial_id", summary["best"]["trial_id"]),
-            RunTag("medtune.export.refit", str(summary["refit"]).lower()),
-            RunTag("medtune.export.train_images", str(summary["train_images"])),
-            RunTag("medtune.test_confusion_matrix", json.dumps(summary["test_confusion_matrix"]))]
-    client.log_batch(study.parent_run_id, metrics=metrics, tags=tags)
-    for name, content in plots.items():
-        log_png(client, study.parent_run_id, f"test_{name}", content)
-    for name in (CARD_FILE, CONFIG_FILE, METRICS_FILE):
-        client.log_artifact(study.parent_run_id, str(directory / name), artifact_path="export")
-
-
-def register(study: Study, directory: Path, name: str, config_json: dict[str, Any]) -> str:
-    """Log the ONNX model under the study's parent run and register it as ``name``.
-
-    ONNX makes the registered model self-contained (no medtune code needed to serve it);
-    the signature states the preprocessed float input and the probabilities output.
-
-    Returns:
-        The new model version.
-    """
-    import mlflow
-    import mlflow.onnx
-    import onnx
-    import onnxruntime
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    model = config_json["model"]
-    pre = config_json["preprocess"]
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, pre["in_chans"], pre["input_size"], pre["input_size"]),
-                                  "images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model["num_classes"]), "probabilities")]),
-    )
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(study.tracking_uri)
-    try:
-        with mlflow.start_run(run_id=study.parent_run_id):
-            info = mlflow.onnx.log_model(
-                onnx.load(str(directory / ONNX_FILE)), name="model", registered_model_name=name,
-                signature=signature, save_as_external_data=False,
-                pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-                extra_files=[str(directory / CONFIG_FILE), str(directory / CARD_FILE)],
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return str(info.registered_model_version)
 
 
 def _plain(value: Any) -> Any:

@@ -21,6 +21,7 @@ files named by 40-hex ids) and a two-class model it is Kaggle's submission forma
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -205,7 +206,8 @@ def dataset_part(source: Source, model: ExportedModel, split: str) -> Part:
     """
     from trainables.data import load_dataset
 
-    study_data = dict(model.config["data"]["data_config"])
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    study_data = {k: v for k, v in model.config["data"]["data_config"].items() if k in known}
     pre = model.preprocess
     if Path(study_data["source"]).resolve() == source.path.resolve():
         config = DataConfig(**study_data)

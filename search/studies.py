@@ -79,13 +79,21 @@ def storage_root(storage: str | None = None) -> Path:
     return Path(storage or os.environ.get("MEDTUNE_STORAGE") or DEFAULT_STORAGE).expanduser().resolve()
 
 
-def list_studies(storage: str | None = None) -> list[Study]:
-    """Every study under the storage folder, oldest first."""
+def study_folders(storage: str | None = None) -> list[Path]:
+    """Every folder under the storage folder holding a ``medtune_study.json``."""
     root = storage_root(storage)
-    if not root.is_dir():
-        return []
-    studies = [Study.load(path.parent) for path in sorted(root.glob(f"*/{STUDY_FILE}"))]
-    return sorted(studies, key=lambda s: (s.created, s.name))
+    return [path.parent for path in sorted(root.glob(f"*/{STUDY_FILE}"))] if root.is_dir() else []
+
+
+def list_studies(storage: str | None = None) -> list[Study | StudyError]:
+    """Every study under the storage folder, oldest first; unreadable ones as their error."""
+    studies: list[Study | StudyError] = []
+    for folder in study_folders(storage):
+        try:
+            studies.append(Study.load(folder))
+        except StudyError as err:
+            studies.append(err)
+    return sorted(studies, key=lambda s: (s.created, s.name) if isinstance(s, Study) else ("", ""))
 
 
 def find_study(name: str, storage: str | None = None) -> Study:
@@ -94,7 +102,7 @@ def find_study(name: str, storage: str | None = None) -> Study:
     directory = root / name
     if (directory / STUDY_FILE).is_file():
         return Study.load(directory)
-    known = [s.name for s in list_studies(storage)]
+    known = [folder.name for folder in study_folders(storage)]
     there = f"studies there: {', '.join(known)}" if known else "there are no studies there"
     raise StudyError(f"no study named {name!r} in {root} ({there}); check the name with `search list`, "
                      "or pass --storage (or set MEDTUNE_STORAGE) to the folder `search run` used")
@@ -231,7 +239,7 @@ def best_trial(client: MlflowClient, study: Study, metric: str | None = None) ->
             errored = [r for r in child_runs(client, study) if r.data.tags.get("medtune.state") == "errored"]
             error = next((r.data.tags.get("medtune.error") for r in errored if r.data.tags.get("medtune.error")), "")
             reason = f"; the first error: {error}" if error else ""
-        raise StudyError(f"study {study.name!r} has no finished trial with a {metric} to export ({found}){reason}; "
+        raise StudyError(f"study {study.name!r} has no finished trial with a {metric} ({found}){reason}; "
                          "fix the space and run a new study (or `search run SPACE --resume` if it was interrupted)")
     row = finished.iloc[0]
     run = client.get_run(row["run_id"])
@@ -253,8 +261,8 @@ def trial_directory(study: Study, trial_id: str) -> Path:
     return found[-1]
 
 
-def checkpoint_epochs(trial_dir: Path) -> dict[int, Path]:
-    """Saved epoch -> checkpoint folder, for every ``checkpoint_*`` Tune kept.
+def checkpoint_epochs(trial_dir: Path) -> dict[int, tuple[Path, list[dict[str, float]]]]:
+    """Saved epoch -> (checkpoint folder, metric history up to it) for every checkpoint Tune kept.
 
     Tune numbers checkpoints by report, which differs from the epoch after a restore, so
     the epoch is read from each checkpoint itself (memory-mapped: the weights stay on disk).
@@ -263,26 +271,34 @@ def checkpoint_epochs(trial_dir: Path) -> dict[int, Path]:
 
     from trainables.checkpoint import CHECKPOINT_FILE
 
-    epochs: dict[int, Path] = {}
+    epochs: dict[int, tuple[Path, list[dict[str, float]]]] = {}
     for folder in sorted(trial_dir.glob("checkpoint_*")):
         path = folder / CHECKPOINT_FILE
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            epochs[int(saved["epoch"])] = folder
+            epochs[int(saved["epoch"])] = (folder, list(saved.get("history") or []))
     return epochs
 
 
-def best_checkpoint(study: Study, best: BestTrial) -> Path:
-    """The checkpoint folder of the best trial's best epoch.
+def best_checkpoint(study: Study, best: BestTrial) -> tuple[Path, int]:
+    """The checkpoint folder of the best trial's best epoch, and that epoch.
+
+    Tune keeps the two best checkpoints by the study metric plus the latest, and on a
+    tie it keeps the later epochs, while the best epoch recorded in MLflow is the first
+    one reaching the best value. So when the best epoch's checkpoint is gone, a kept
+    checkpoint whose own history scores the same value at its epoch is just as good.
 
     Raises:
-        StudyError: the trial folder or that epoch's checkpoint is missing (Tune keeps
-            the two best checkpoints by the study metric plus the latest).
+        StudyError: the trial folder is missing, or no kept checkpoint reaches the best value.
     """
     trial_dir = trial_directory(study, best.trial_id)
     epochs = checkpoint_epochs(trial_dir)
     if best.epoch in epochs:
-        return epochs[best.epoch]
+        return epochs[best.epoch][0], best.epoch
+    for epoch, (folder, history) in sorted(epochs.items()):
+        value = history[epoch - 1].get(best.metric) if len(history) >= epoch else None
+        if value is not None and abs(float(value) - best.value) <= 5e-7:  # the tag holds 6 decimals
+            return folder, epoch
     kept = ", ".join(str(e) for e in sorted(epochs)) or "none"
     raise StudyError(f"trial {best.trial_id} has no checkpoint of epoch {best.epoch}, its best {best.metric} "
                      f"(checkpoints kept in {trial_dir}: epochs {kept}; Tune keeps the 2 best by the study metric "
@@ -293,5 +309,5 @@ def best_checkpoint(study: Study, best: BestTrial) -> Path:
 __all__ = [
     "FINISHED_STATES", "BestTrial", "Study", "StudyError", "Summary", "best_checkpoint", "best_trial",
     "checkpoint_epochs", "child_runs", "find_study", "list_studies", "parent_run", "ranked_trials",
-    "storage_root", "study_metric", "summarize", "trial_directory",
+    "storage_root", "study_folders", "study_metric", "summarize", "trial_directory",
 ]

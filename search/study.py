@@ -50,8 +50,6 @@ def apply_overrides(space: Space, options: StudyOptions) -> Space:
     """Return ``space`` with ``--num-samples`` / ``--time-budget`` applied (validated)."""
     import dataclasses
 
-    from search.space import TuneSettings
-
     changes: dict[str, Any] = {}
     if options.num_samples is not None:
         changes["num_samples"] = options.num_samples
@@ -63,7 +61,6 @@ def apply_overrides(space: Space, options: StudyOptions) -> Space:
         tune_settings = dataclasses.replace(space.tune, **changes)
     except ValueError as err:
         raise SpaceError(space.path, "--num-samples/--time-budget", str(err)) from None
-    assert isinstance(tune_settings, TuneSettings)
     return dataclasses.replace(space, tune=tune_settings)
 
 

@@ -241,7 +241,8 @@ def test_test_metrics_in_card_and_parent_run_match_the_exported_model(exported, 
     assert f"| validation | {sizes['val']} |" in card
     assert "lr: {choice: [3.0e-3, 1.0e-6]}" in card  # the search space as run
     assert f"| AUC | {metrics['validation']['val_auc']:.4f} | {expected['test_auc']:.4f} |" in card
-    assert f"| sensitivity | {metrics['validation']['val_sensitivity']:.4f} | {expected['test_sensitivity']:.4f} |" in card
+    val_sensitivity = metrics["validation"]["val_sensitivity"]
+    assert f"| sensitivity | {val_sensitivity:.4f} | {expected['test_sensitivity']:.4f} |" in card
     assert f"| normal | {matrix[0, 0]} | {matrix[0, 1]} |" in card
     assert "| lr | 0.003 |" in card and "| dropout |" in card  # the best parameters
     assert "The search ran " in card and "4 trials" in card
@@ -337,26 +338,26 @@ def test_bad_inputs_name_the_problem_and_the_fix(exported, study, record, root, 
     assert json.loads((exported / "config.json").read_text())["study"] == json.loads(before)["study"]
 
 
-def test_register_creates_a_model_version_with_a_signature(study, record, root):
-    import mlflow
+def test_register_creates_a_model_version_with_a_signature(study, record, root, tmp_path):
+    from mlflow.models import Model
 
     target = root / "exports" / "registered"
-    assert search("best", "quick", "--storage", storage(root), "--export", str(target), "--register", "pneumonia-cnn") == 0
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    assert search("best", "quick", "--storage", storage(root), "--export", str(target),
+                  "--register", "pneumonia-cnn") == 0
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # no process-wide MLflow state left behind
     client = MlflowClient(record["tracking_uri"])
     versions = client.search_model_versions("name = 'pneumonia-cnn'")
     assert len(versions) == 1 and versions[0].run_id == record["parent_run_id"]
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(record["tracking_uri"])
-    try:
-        info = mlflow.models.get_model_info(f"models:/pneumonia-cnn/{versions[0].version}")
-    finally:
-        mlflow.set_tracking_uri(previous)
-    inputs, outputs = info.signature.inputs.inputs[0], info.signature.outputs.inputs[0]
+    assert versions[0].source == f"runs:/{record['parent_run_id']}/registered_model/pneumonia-cnn"
+    local = client.download_artifacts(record["parent_run_id"], "registered_model/pneumonia-cnn", str(tmp_path))
+    model = Model.load(local)
+    assert "onnx" in model.flavors and (Path(local) / "model.onnx").is_file()
+    inputs, outputs = model.signature.inputs.inputs[0], model.signature.outputs.inputs[0]
     assert inputs.name == "images" and tuple(inputs.shape) == (-1, 1, 28, 28)
     assert outputs.name == "probabilities" and tuple(outputs.shape) == (-1, 2)
 
 
-@pytest.mark.slow
 def test_refit_trains_on_train_and_val_for_the_best_epoch_count(study, record, root, data):
     target = root / "exports" / "refit"
     assert search("best", "quick", "--storage", storage(root), "--export", str(target), "--refit") == 0
@@ -371,3 +372,22 @@ def test_refit_trains_on_train_and_val_for_the_best_epoch_count(study, record, r
     parent = MlflowClient(record["tracking_uri"]).get_run(record["parent_run_id"])
     assert parent.data.tags["medtune.export.refit"] == "true"
     assert parent.data.metrics["test_auc"] == pytest.approx(metrics["test"]["test_auc"])
+
+
+def test_a_tied_best_epoch_uses_the_kept_checkpoint_with_the_same_score(tmp_path):
+    """Tune keeps the later of tied checkpoints; the best epoch in MLflow is the first."""
+    from search.studies import BestTrial, Study, StudyError, best_checkpoint
+    from trainables.checkpoint import save_checkpoint
+
+    trial_dir = tmp_path / "train_abc12345_1_lr=0.001_2026-01-01_00-00-00"
+    history = [{"val_auc": 0.9}, {"val_auc": 1.0}, {"val_auc": 1.0}, {"val_auc": 1.0}]
+    for index, epoch in enumerate((3, 4)):
+        save_checkpoint({"epoch": epoch, "history": history[:epoch]}, trial_dir / f"checkpoint_{index:06d}")
+    study = Study("s", tmp_path, "sqlite:///x.db", "1", "p", "f", "", "")
+    best = BestTrial("abc12345", "r", "val_auc", "max", 1.0, 2, "completed", 4, {}, [])
+    folder, epoch = best_checkpoint(study, best)
+    assert (folder.name, epoch) == ("checkpoint_000000", 3)
+    with pytest.raises(StudyError, match="no checkpoint of epoch 2.*kept.*epochs 3, 4.*--refit"):
+        best_checkpoint(study, BestTrial("abc12345", "r", "val_auc", "max", 0.95, 2, "completed", 4, {}, []))
+    with pytest.raises(StudyError, match="trial abc99999 .* has no folder"):
+        best_checkpoint(study, BestTrial("abc99999", "r", "val_auc", "max", 1.0, 2, "completed", 4, {}, []))
