@@ -63,7 +63,8 @@ class MlflowTrialLogger(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, fixed: dict[str, Any],
-                 metric: str, mode: str, class_names: list[str], stopper: str, ended_dir: str) -> None:
+                 metric: str, mode: str, class_names: list[str], stopper: str, ended_dir: str,
+                 budget_s: float | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -73,6 +74,8 @@ class MlflowTrialLogger(Callback):
         self.class_names = class_names
         self.stopper = stopper
         self.ended_dir = ended_dir
+        self.budget_s = budget_s
+        self._started = time.time()
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._logged: dict[str, int] = {}
@@ -114,6 +117,21 @@ class MlflowTrialLogger(Callback):
             self._logged[trial.trial_id] = logged_epochs(self.client, run_id)
         self._runs[trial.trial_id] = run_id
         return run_id
+
+    def setup(self, **info) -> None:
+        self._started = time.time()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """Close the runs of trials the time budget cut off (Tune reports no completion).
+
+        Without a spent budget the study was interrupted (Ctrl-C): those runs stay
+        ``running`` so that ``--resume`` continues them.
+        """
+        if not self.budget_s or time.time() - self._started < 0.98 * self.budget_s:
+            return
+        for trial in trials:
+            if trial.trial_id in self._runs and trial.trial_id not in self._ended:
+                self._close(trial, "stopped_early", int((trial.last_result or {}).get("epoch", 0)), "time budget")
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         if not self._orphans_checked:
@@ -174,13 +192,17 @@ class MlflowTrialLogger(Callback):
             self._best[trial.trial_id] = (float(value), int(result.get("epoch", 0)), checkpoint)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        state, epoch = final_state(trial, self.fixed)
+        self._close(trial, state, epoch, self.stopper)
+
+    def _close(self, trial, state: str, epoch: int, stopped_by: str) -> None:
+        """Final state, best-epoch metric and plots, then end the child run."""
         if not self.mark_ended(trial):
             return
         run_id = self.run_id(trial)
-        state, epoch = final_state(trial, self.fixed)
         tags = {STATE_TAG: state, "medtune.last_epoch": str(epoch)}
         if state == "stopped_early":
-            tags["medtune.stopped_by"] = self.stopper
+            tags["medtune.stopped_by"] = stopped_by
         best = self._best.get(trial.trial_id)
         if best is not None:
             value, best_epoch, checkpoint = best

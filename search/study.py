@@ -156,7 +156,8 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
     fixed = dict(space.params)
     callbacks = [
         MlflowTrialLogger(tracking_uri, exp_id, parent_run_id, fixed, metric, mode, data.class_names,
-                          stopper="asha" if space.scheduler.type == "asha" else "time budget", ended_dir=ended_dir),
+                          stopper="asha" if space.scheduler.type == "asha" else "time budget", ended_dir=ended_dir,
+                          budget_s=space.tune.time_budget_s),
         ProgressLine(metric, mode, fixed, space.tune.time_budget_s),
     ]
     if options.resume:
