@@ -79,7 +79,3 @@ class PersistentASHA(AsyncHyperBandScheduler):
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         self._trial_info.pop(trial.trial_id, None)
-
-    def rungs(self) -> list[tuple[float, dict[str, float]]]:
-        """``(milestone, {trial_id: metric})`` of every rung, lowest milestone first."""
-        return [(m, dict(r)) for b in self._brackets for m, r in reversed(b._rungs)]

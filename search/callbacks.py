@@ -29,6 +29,7 @@ from search.tracking import (
     log_png,
     logged_epochs,
     now_ms,
+    param_text,
     roc_and_confusion_png,
 )
 from trainables.config import TrialConfig
@@ -108,13 +109,17 @@ class MlflowTrialLogger(Callback):
             })
             run_id = run.info.run_id
             # Every setting the trial ran with, defaults included, so runs compare side by side.
-            params = TrialConfig.from_dict({**self.fixed, **trial.config}).to_dict()
-            self.client.log_batch(run_id, params=[Param(k, _text(v)) for k, v in sorted(params.items())])
+            try:
+                params = TrialConfig.from_dict({**self.fixed, **trial.config}).to_dict()
+            except ValueError:  # the trial itself reports why; logging must not stop the study
+                params = {**self.fixed, **trial.config}
+            self.client.log_batch(run_id, params=[Param(k, param_text(v)) for k, v in sorted(params.items())])
             self._logged[trial.trial_id] = 0
         elif self.client.get_run(run_id).data.tags.get(STATE_TAG) != "running":
             self._ended.add(trial.trial_id)  # ended before a driver restart: keep its record as is
         else:
             self._logged[trial.trial_id] = logged_epochs(self.client, run_id)
+            self._best_so_far(trial.trial_id, run_id)
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -168,6 +173,15 @@ class MlflowTrialLogger(Callback):
         open(os.path.join(self.ended_dir, trial.trial_id), "w").close()
         return True
 
+    def _best_so_far(self, trial_id: str, run_id: str) -> None:
+        """After a resume: the best epoch logged before the restart (its plots are not
+        re-rendered unless a later epoch beats it)."""
+        history = self.client.get_metric_history(run_id, self.metric)
+        if history:
+            pick = max if self.mode == "max" else min
+            best = pick(history, key=lambda m: m.value)
+            self._best[trial_id] = (best.value, best.step, None)
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.run_id(trial)
         if trial.trial_id in self._ended:
@@ -208,7 +222,8 @@ class MlflowTrialLogger(Callback):
             value, best_epoch, checkpoint = best
             tags.update({"medtune.best_epoch": str(best_epoch), f"medtune.best_{self.metric}": f"{value:.6f}"})
             self.client.log_metric(run_id, f"best_{self.metric}", value, step=best_epoch)
-            self._log_best_plots(run_id, checkpoint)
+            if checkpoint is not None:
+                self._log_best_plots(run_id, checkpoint)
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, "FINISHED")
 
@@ -249,10 +264,6 @@ def error_reason(trace: str) -> str:
         if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b:?", line):
             return line[:1000]
     return lines[-1][:1000] if lines else "unknown error"
-
-
-def _text(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
 
 
 class ProgressLine(Callback):

@@ -141,6 +141,9 @@ def _print_epoch(metrics: dict[str, float], checkpoint: Path | None) -> None:
     )
 
 
+STORAGE_HELP = "folder holding studies (default: $MEDTUNE_STORAGE or runs/studies)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="search", description="Hyperparameter search for transfer learning on medical images.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -159,17 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--time-budget", help="wall-clock budget, e.g. 45m or 2h (overrides tune.time_budget)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    run.add_argument("--storage", help="folder holding studies (default: $MEDTUNE_STORAGE or runs/studies)")
+    run.add_argument("--storage", help=STORAGE_HELP)
     run.add_argument("--num-cpus", type=int, help="CPUs Ray may use in local mode (default: all)")
     run.set_defaults(func=_run)
 
     listing = commands.add_parser("list", help="list the studies: name, date, trials, best metric")
-    listing.add_argument("--storage", help="folder holding studies (default: $MEDTUNE_STORAGE or runs/studies)")
+    listing.add_argument("--storage", help=STORAGE_HELP)
     listing.set_defaults(func=_list)
 
     best = commands.add_parser("best", help="show a study's best trial and leaderboard; --export the final model")
     best.add_argument("name", help="study name (see `search list`)")
-    best.add_argument("--storage", help="folder holding studies (default: $MEDTUNE_STORAGE or runs/studies)")
+    best.add_argument("--storage", help=STORAGE_HELP)
     best.add_argument("--metric", help="validation metric to rank by (default: the study's)")
     best.add_argument("--top", type=int, default=5, help="leaderboard rows to show (default 5)")
     best.add_argument("--export", metavar="DIR", help="write the best model (weights, config, TorchScript, ONNX, "

@@ -50,7 +50,8 @@ def finish_study(client: MlflowClient, experiment_id: str, parent_run_id: str, m
     counts = table["state"].value_counts().to_dict() if not table.empty else {}
     for state, count in counts.items():
         client.set_tag(parent_run_id, f"medtune.trials_{state}", str(count))
-    scored = table.dropna(subset=[metric]) if not table.empty else table
+    # Same rule as `search best`: only trials that ended normally can be the best.
+    scored = table[table["state"].isin(["completed", "stopped_early"])].dropna(subset=[metric]) if not table.empty else table
     if not scored.empty:
         best = scored.iloc[0]
         client.log_metric(parent_run_id, f"best_{metric}", float(best[metric]))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from search.space import Space, SpaceError
+from trainables.config import TrialConfig
 from trainables.data.medmnist import known_file
 
 
@@ -28,7 +29,8 @@ def backbones_of(space: Space) -> list[tuple[str, Any]]:
 
 def check_space(space: Space) -> None:
     """Raise :class:`SpaceError` for the first problem found, with the key and the fix."""
-    from trainables.models import backbone_stages, list_backbones
+    from trainables.models import ModelError, check_model_config, list_backbones
+    from trainables.models.scratch import SCRATCH_MODELS as scratch_names
 
     source = Path(space.data.source)
     if not source.exists() and known_file(source.name) is None:
@@ -40,15 +42,17 @@ def check_space(space: Space) -> None:
             close = difflib.get_close_matches(str(name), sorted(known), n=3, cutoff=0.6)
             raise SpaceError(space.path, key, f"unknown backbone {name!r}",
                              f"close matches: {', '.join(close)}" if close else "see timm.list_models() or use cnn3/cnn9")
-    pretrained = space.params.get("pretrained")
-    if isinstance(pretrained, str) and pretrained.lower() not in ("hub", "none", "true", "false", "imagenet"):
-        if not Path(pretrained).expanduser().is_file():
-            raise SpaceError(space.path, "params.pretrained", f"weights file {pretrained} does not exist",
-                             "give a .safetensors/.pth path, true for ImageNet weights, or false")
-    min_stages = min(backbone_stages(name) for _, name in backbones_of(space))
-    for key in ("frozen_stages", "truncate_after"):
-        value = space.params.get(key)
-        limit = min_stages if key == "frozen_stages" else min_stages - 1
-        if isinstance(value, int) and value > limit:
-            raise SpaceError(space.path, f"params.{key}", f"{value} exceeds what the backbones allow ({limit})",
-                             f"use a value in 0..{limit} or search it with `int: [0, {limit}]` (clipped per backbone)")
+    # The model settings fixed in `params`, for every backbone the space can produce
+    # (searched stage indices are clipped per trial, so they are checked at 0 here).
+    searched = set(space.search)
+    for key, name in backbones_of(space):
+        values = {**space.default_params(), "backbone": name}
+        values.update({k: (0 if k == "frozen_stages" else None) for k in ("frozen_stages", "truncate_after") if k in searched})
+        if "pretrained" in searched and name in scratch_names:
+            values["pretrained"] = False
+        try:
+            check_model_config(TrialConfig.from_dict(values))
+        except ModelError as err:
+            where = next((f"params.{k}" for k in ("pretrained", "frozen_stages", "truncate_after")
+                          if k in space.params and k.split("_")[0] in str(err)), key)
+            raise SpaceError(space.path, where, str(err)) from None

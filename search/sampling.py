@@ -46,7 +46,9 @@ def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | Non
     low, high = dist.low, dist.high
     if dist.kind in ("int", "logint"):
         high_i = int(high) if upper is None else min(int(high), upper)
-        return trial.suggest_int(name, int(low), max(int(low), high_i), log=dist.kind == "logint")
+        value = trial.suggest_int(name, int(low), max(int(low), high_i), log=dist.kind == "logint")
+        # GridSampler returns its grid value even outside the range asked for: clip it.
+        return value if upper is None else min(value, upper)
     if dist.kind == "quniform":
         return trial.suggest_float(name, low, high, step=dist.q)
     return trial.suggest_float(name, low, high, log=dist.kind == "loguniform")
@@ -55,20 +57,29 @@ def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | Non
 class DefineByRun:
     """The Optuna define-by-run function of a space (a class: Tune pickles its searcher).
 
-    Fixed params are not returned: the trainable adds them to the sampled ones.
+    Returns the stage indices as clipped (Tune's OptunaSearch lets returned values
+    override the raw suggestions); fixed params are added by the trainable. Values
+    that cannot apply are not sampled: ``when`` conditions, ``pretrained`` for a scratch
+    baseline, stage indices beyond what the sampled backbone (and truncation) keeps.
     """
 
     def __init__(self, space: Space) -> None:
         self.space = space
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        from trainables.models.scratch import SCRATCH_MODELS
+
         values: dict[str, Any] = dict(self.space.params)
-        for name, dist in self.space.search.items():
+        for name in self.space.search_order():
+            dist = self.space.search[name]
             if not dist.active(values):
                 continue
+            if name == "pretrained" and values.get("backbone") in SCRATCH_MODELS:
+                continue  # scratch baselines have no ImageNet weights: pretrained stays false
             upper = stage_limits(values)[name] if name in STAGE_PARAMS else None
             values[name] = suggest(trial, name, dist, upper)
-        return {}
+        # OptunaSearch overrides the raw suggestions with what is returned: the clipped stages.
+        return {name: values[name] for name in STAGE_PARAMS if name in self.space.search and name in values}
 
 
 def sampler_for(space: Space) -> optuna.samplers.BaseSampler:

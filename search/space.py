@@ -53,6 +53,7 @@ class TuneSettings:
         num_samples: number of trials (``grid``: repeats of the grid).
         time_budget: wall-clock budget such as ``90m`` or ``2h``; ``None`` = no limit.
         metric / mode: what the search optimises; a validation metric, never a test one.
+            ``mode`` defaults to ``min`` for losses and ``max`` otherwise.
         seed: seeds the sampler (the data split has its own seed in ``data``).
         max_concurrent: cap on trials running at once (``None`` = as resources allow).
         max_failures: retries of a crashed trial from its last checkpoint.
@@ -63,7 +64,7 @@ class TuneSettings:
     num_samples: int = 10
     time_budget: str | None = None
     metric: str = "val_auc"
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] | None = None
     seed: int = 0
     max_concurrent: int | None = None
     max_failures: int = 1
@@ -81,6 +82,8 @@ class TuneSettings:
             raise ValueError(f"metric {self.metric!r} is not reported by trials; {hint}")
         if self.time_budget is not None:
             parse_duration(self.time_budget)
+        if self.mode is None:
+            object.__setattr__(self, "mode", "min" if self.metric.endswith("loss") else "max")
 
     @property
     def time_budget_s(self) -> float | None:
@@ -209,6 +212,12 @@ class Space:
             return int(max(epochs.values) if epochs.kind == "choice" else epochs.high)
         return int(self.params.get("epochs", TrialConfig.epochs))
 
+    def search_order(self) -> list[str]:
+        """Searched names in sampling order: the backbone and the truncation depth first
+        (other ranges depend on them), then the file's order."""
+        first = [n for n in ("backbone", "truncate_after") if n in self.search and not self.search[n].when]
+        return first + [n for n in self.search if n not in first]
+
     @property
     def text(self) -> str:
         """The space file as the user wrote it (logged with the study)."""
@@ -284,7 +293,32 @@ def parse_space(path: Path, raw: dict[str, Any]) -> Space:
         space.default_config()
     except ValueError as err:
         raise SpaceError(path, "params", str(err)) from None
+    _check_candidates(path, space)
     return space
+
+
+def candidates(dist: Distribution) -> list[Any]:
+    """The values a distribution can produce at its edges: every choice, both bounds."""
+    if dist.kind == "choice":
+        return list(dist.values)
+    if dist.kind in ("int", "logint"):
+        return [int(dist.low), int(dist.high)]
+    return [dist.low, dist.high]
+
+
+def _check_candidates(path: Path, space: Space) -> None:
+    """Every choice and both ends of every range make a valid trial config.
+
+    Catches a searched ``dropout: {uniform: [0, 1.5]}`` or ``optimizer: {choice: [adamm]}``
+    before Ray starts instead of as failed trials.
+    """
+    base = space.default_params()
+    for name, dist in space.search.items():
+        for value in candidates(dist):
+            try:
+                TrialConfig.from_dict({**base, name: list(value) if isinstance(value, tuple) else value})
+            except ValueError as err:
+                raise SpaceError(path, f"search.{name}", str(err)) from None
 
 
 def _parse_data(path: Path, section: Any) -> DataConfig:
@@ -407,7 +441,8 @@ def _parse_when(path: Path, key: str, spec: Any) -> tuple[tuple[str, tuple[Any, 
 def _check_conditions(path: Path, space: Space) -> None:
     """A condition may only name a parameter searched before it (define-by-run order)."""
     seen: list[str] = []
-    for name, dist in space.search.items():
+    for name in space.search_order():
+        dist = space.search[name]
         for key, _ in dist.when:
             if key not in seen:
                 where = "is searched after it" if key in space.search else "is not searched"

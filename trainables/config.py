@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -180,7 +182,14 @@ class TrialConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def validate(self) -> None:
-        """Check value ranges that do not depend on the data or the backbone."""
+        """Check choices and value ranges that do not depend on the data or the backbone."""
+        for name, allowed in _choices(type(self)).items():
+            value = getattr(self, name)
+            if value not in allowed:
+                close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"trial parameter '{name}' must be one of {', '.join(map(str, allowed))}, "
+                                 f"but got {value!r}{hint}")
         checks = [
             (self.lr > 0, "lr", self.lr, "a positive learning rate, e.g. 1e-3"),
             (self.lr_ratio > 0, "lr_ratio", self.lr_ratio, "a positive ratio (1.0 = one lr everywhere)"),
@@ -204,6 +213,20 @@ class TrialConfig:
         for ok, key, value, expected in checks:
             if not ok:
                 raise ValueError(f"trial parameter '{key}' must be {expected}, but got {value!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """Allowed values of every ``Literal`` field of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, hint in hints.items():
+        options = [a for a in (typing.get_args(hint) if typing.get_origin(hint) is not Literal else (hint,))
+                   if typing.get_origin(a) is Literal]
+        if options:
+            allowed = tuple(v for option in options for v in typing.get_args(option))
+            out[name] = allowed + ((None,) if type(None) in typing.get_args(hint) else ())
+    return out
 
 
 def _coerce(key: str, value: Any, annotation: str) -> Any:

@@ -100,7 +100,8 @@ def build_trial(config: TrialConfig, data: ImageDataset) -> TrialState:
     spec = input_spec_for(config, data, model)
     train_idx = data.splits["train"]
     if config.train_fraction < 1.0:
-        train_idx = subsample_train(train_idx, data.labels, config.train_fraction, config.seed)
+        # Seed 0, not the trial seed: searching `seed` must not change the training subset.
+        train_idx = subsample_train(train_idx, data.labels, config.train_fraction, 0)
     steps = math.ceil(len(train_idx) / config.batch_size)
     optimizer = build_optimizer(model, model.stage_of(), model.num_stages, config)
     generator = torch.Generator().manual_seed(config.seed)

@@ -27,6 +27,7 @@ from trainables.models.backbone import (
     truncate,
 )
 from trainables.models.errors import ModelError
+from trainables.models.scratch import SCRATCH_MODELS
 from trainables.models.freeze import set_norm_modes, set_requires_grad
 from trainables.models.head import build_head
 from trainables.models.init import init_module
@@ -149,6 +150,9 @@ def check_model_config(config: TrialConfig) -> int:
     kept = total if cut is None else cut + 1
     check_frozen_stages(config.frozen_stages, kept, config.backbone, cut)
     mode = pretrained_mode(config.pretrained)
+    if config.backbone in SCRATCH_MODELS and mode in ("imagenet", "hub"):
+        raise ModelError(f"backbone {config.backbone!r} is a from-scratch baseline without ImageNet weights; "
+                         f"set pretrained: false")
     if not isinstance(mode, str) and not mode.is_file():
         raise ModelError(
             f"pretrained weights file '{mode}' does not exist; give an existing .safetensors/.pth "
