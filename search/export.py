@@ -33,7 +33,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -203,16 +202,10 @@ def refit_model(config: TrialConfig, data: ImageDataset, epochs: int, log: Log) 
 def evaluate_split(model: nn.Module, spec: InputSpec, data: ImageDataset, split: str,
                    batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Metrics (``<split>_auc``...), probabilities and labels of ``split`` on the CPU."""
-    from trainables.metrics import classification_metrics
-    from trainables.trial import predict
+    from trainables.trial import split_metrics
 
-    indices = data.splits[split]
-    probs = predict(model, torch.from_numpy(data.images), indices, spec, torch.device("cpu"), batch_size)
-    labels = data.labels[indices]
-    metrics = classification_metrics(labels, probs, prefix=f"{split}_")
-    metrics[f"{split}_loss"] = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
-                                                torch.from_numpy(labels)))
-    return metrics, probs, labels
+    metrics, probs = split_metrics(model, torch.from_numpy(data.images), data, split, spec, torch.device("cpu"), batch_size)
+    return metrics, probs, data.labels[data.splits[split]]
 
 
 def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor,

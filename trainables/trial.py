@@ -215,15 +215,21 @@ def predict(model: TransferModel, images: torch.Tensor, indices: np.ndarray, spe
     return torch.cat(out).numpy()
 
 
-def evaluate(state: TrialState, config: TrialConfig, images: torch.Tensor, data: ImageDataset,
-             split: str = "val") -> tuple[dict[str, float], np.ndarray]:
+def split_metrics(model: TransferModel, images: torch.Tensor, data: ImageDataset, split: str, spec: InputSpec,
+                  device: torch.device, batch_size: int) -> tuple[dict[str, float], np.ndarray]:
     """Metrics of ``split`` (its unweighted cross-entropy as ``<split>_loss``) and its probabilities."""
     indices = data.splits[split]
-    probs = predict(state.model, images, indices, state.input_spec, state.device, config.eval_batch_size)
+    probs = predict(model, images, indices, spec, device, batch_size)
     labels = data.labels[indices]
     metrics = classification_metrics(labels, probs, prefix=f"{split}_")
     metrics[f"{split}_loss"] = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels)))
     return metrics, probs
+
+
+def evaluate(state: TrialState, config: TrialConfig, images: torch.Tensor, data: ImageDataset,
+             split: str = "val") -> tuple[dict[str, float], np.ndarray]:
+    """:func:`split_metrics` of a running trial."""
+    return split_metrics(state.model, images, data, split, state.input_spec, state.device, config.eval_batch_size)
 
 
 def run_trial(
