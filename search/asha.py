@@ -39,13 +39,21 @@ class PersistentASHA(AsyncHyperBandScheduler):
         self._num_stopped = state["num_stopped"]
 
     def _save(self) -> None:
-        state = {
-            "num_stopped": self._num_stopped,
-            "brackets": [
-                [{"milestone": milestone, "recorded": recorded} for milestone, recorded in bracket._rungs]
-                for bracket in self._brackets
-            ],
-        }
+        """Write the rungs, merged with what the file already holds.
+
+        Merging keeps the file monotonic: a second scheduler copy in the driver (Tune may
+        restore one from its pickles) can add records but never erase another's.
+        """
+        saved = json.loads(Path(self._state_path).read_text()) if os.path.isfile(self._state_path) else None
+        brackets = []
+        for b, bracket in enumerate(self._brackets):
+            rungs = []
+            for r, (milestone, recorded) in enumerate(bracket._rungs):
+                merged = dict(saved["brackets"][b][r]["recorded"]) if saved else {}
+                merged.update(recorded)
+                rungs.append({"milestone": milestone, "recorded": merged})
+            brackets.append(rungs)
+        state = {"num_stopped": max(self._num_stopped, saved["num_stopped"] if saved else 0), "brackets": brackets}
         directory = os.path.dirname(self._state_path)
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")

@@ -319,6 +319,9 @@ class ProgressLine(Callback):
             print(self.line(trials), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if "epoch" not in (trial.last_result or {}):
+            print(f"trial {trial.trial_id} had already ended before the restart", flush=True)
+            return
         state, epoch = final_state(trial, self.fixed)
         value = (trial.last_result or {}).get(self.metric)
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
