@@ -196,15 +196,46 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
                 callbacks=callbacks,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                                        checkpoint_score_order=mode),
+                # Keep every checkpoint while the study runs: Tune deletes the ones outside
+                # num_to_keep before its next experiment snapshot, so a driver killed in
+                # between resumes from a deleted checkpoint. prune_checkpoints trims at the end.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             ),
         )
     results = tuner.fit()
+    pruned = prune_checkpoints(directory, metric, mode)
+    if pruned:
+        print(f"kept each trial's 2 best checkpoints and its latest; removed {pruned} others", flush=True)
     from search.leaderboard import finish_study
 
     finish_study(client, exp_id, parent_run_id, metric, mode)
     return results
+
+
+def prune_checkpoints(directory: Path, metric: str, mode: str, keep: int = 2) -> int:
+    """Delete each trial's checkpoints except its ``keep`` best by ``metric`` and its latest.
+
+    Reads Tune's ``result.json`` (one line per epoch, naming the checkpoint it wrote).
+    Returns the number of checkpoint folders removed.
+    """
+    import math
+    import shutil
+
+    removed = 0
+    for result_file in directory.glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        named = [(row[metric], row["checkpoint_dir_name"]) for row in rows
+                 if row.get("checkpoint_dir_name") and isinstance(row.get(metric), (int, float))
+                 and math.isfinite(row[metric])]
+        if not named:
+            continue
+        ranked = sorted(named, key=lambda item: item[0], reverse=mode == "max")
+        kept = {name for _, name in ranked[:keep]} | {rows[-1].get("checkpoint_dir_name") or named[-1][1]}
+        for folder in result_file.parent.glob("checkpoint_*"):
+            if folder.name not in kept:
+                shutil.rmtree(folder)
+                removed += 1
+    return removed
 
 
 def _cluster_gpus() -> float:
