@@ -24,6 +24,7 @@ from search.tracking import (
     MlflowClient,
     Param,
     RunTag,
+    children_filter,
     find_child_run,
     finite_metrics,
     log_png,
@@ -152,7 +153,7 @@ class MlflowTrialLogger(Callback):
         """
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`{STATE_TAG}` = 'running'",
+            filter_string=children_filter(self.parent_run_id, state="running"),
         )
         for run in runs:
             if run.data.tags.get(TRIAL_TAG) not in known:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from search.tracking import STATE_TAG, TRIAL_TAG, MlflowClient
+from search.tracking import STATE_TAG, TRIAL_TAG, MlflowClient, children_filter
 
 
 def leaderboard(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str, mode: str) -> pd.DataFrame:
     """One row per trial: id, state, best metric and its epoch, epochs run, searched params."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+    runs = client.search_runs([experiment_id], filter_string=children_filter(parent_run_id),
                               max_results=50000)
     rows = []
     for run in runs:

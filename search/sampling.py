@@ -8,7 +8,7 @@ truncation depth (frozen stages <= stages kept).
 
 from __future__ import annotations
 
-import itertools
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -114,4 +114,4 @@ def grid(space: Space) -> dict[str, list[Any]]:
 
 def grid_size(space: Space) -> int:
     """Number of grid points (the product of the value counts)."""
-    return len(list(itertools.product(*grid(space).values()))) if space.search else 1
+    return math.prod(len(values) for values in grid(space).values())

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from search.study import DEFAULT_STORAGE, STUDY_FILE
-from search.tracking import MlflowClient
+from search.tracking import MlflowClient, children_filter
 
 FINISHED_STATES = ("completed", "stopped_early")
 
@@ -133,7 +133,7 @@ def metric_mode(metric: str, study_metric_name: str, study_mode: str) -> str:
 def child_runs(client: MlflowClient, study: Study) -> list[Any]:
     """Every trial's child run."""
     return client.search_runs([study.experiment_id], max_results=50000,
-                              filter_string=f"tags.`mlflow.parentRunId` = '{study.parent_run_id}'")
+                              filter_string=children_filter(study.parent_run_id))
 
 
 @dataclass(frozen=True)

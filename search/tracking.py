@@ -107,11 +107,19 @@ def finite_metrics(result: dict[str, Any], keys: Iterable[str]) -> dict[str, flo
     return out
 
 
+def children_filter(parent_run_id: str, **tags: str) -> str:
+    """MLflow filter for the child runs of a study, optionally with tag values (``state="running"``)."""
+    names = {"trial_id": TRIAL_TAG, "state": STATE_TAG}
+    clauses = [f"tags.`mlflow.parentRunId` = '{parent_run_id}'"]
+    clauses += [f"tags.`{names[key]}` = '{value}'" for key, value in tags.items()]
+    return " and ".join(clauses)
+
+
 def find_child_run(client: MlflowClient, exp_id: str, parent_run_id: str, trial_id: str) -> str | None:
     """The child run already logged for ``trial_id`` (after a resume), if any."""
     runs = client.search_runs(
         [exp_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        filter_string=children_filter(parent_run_id, trial_id=trial_id),
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -175,6 +183,6 @@ def now_ms() -> int:
 
 __all__ = [
     "Metric", "Param", "RunTag", "MlflowClient", "TRIAL_TAG", "STUDY_TAG", "STATE_TAG",
-    "resolve_tracking_uri", "param_text", "experiment_id", "start_study_run", "find_child_run", "logged_epochs",
+    "resolve_tracking_uri", "param_text", "children_filter", "experiment_id", "start_study_run", "find_child_run", "logged_epochs",
     "finite_metrics", "roc_and_confusion_png", "log_png", "now_ms",
 ]
