@@ -10,6 +10,8 @@
   held-out test split (``--refit`` retrains it on train + val, ``--register`` adds it to
   the MLflow model registry).
 - ``search predict DIR INPUT...`` runs an exported model on images or a data set.
+- ``search cluster check cluster.yaml`` validates a Ray cluster-launcher config the way
+  ``ray up`` does, plus what a study needs (see :mod:`search.cluster`).
 """
 
 from __future__ import annotations
@@ -131,6 +133,28 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_check(args: argparse.Namespace) -> int:
+    from search.cluster import ClusterConfigError, check_config, describe, detected_resources, load_config, \
+        resource_mismatches
+
+    try:
+        summary = check_config(args.config)
+        if args.aws:
+            config = load_config(args.config)
+            if config["provider"]["type"] != "aws":
+                raise ClusterConfigError(args.config, ["--aws checks an AWS config, but the provider is "
+                                                       f"{config['provider']['type']!r}; drop --aws"])
+            mismatches = resource_mismatches(config, detected_resources(config))
+            if mismatches:
+                raise ClusterConfigError(args.config, mismatches)
+    except ClusterConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: valid (Ray's schema and medtune's checks" + (", resources match AWS)" if args.aws else ")"))
+    print(describe(summary))
+    return 0
+
+
 def _print_epoch(metrics: dict[str, float], checkpoint: Path | None) -> None:
     print(
         f"epoch {metrics['epoch']:>3}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
@@ -195,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="kaggle: id,label with the probability of class 1 (auto for a folder of <id>.tif)")
     predict.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     predict.set_defaults(func=_predict)
+
+    cluster = commands.add_parser("cluster", help="check a Ray cluster-launcher config (cluster.yaml)")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True)
+    check = cluster_commands.add_parser("check", help="validate it as `ray up` does, plus what a study needs")
+    check.add_argument("config", help="cluster launcher YAML, e.g. cluster.yaml")
+    check.add_argument("--aws", action="store_true", help="also compare each node type's declared resources with "
+                       "the instance type's, read from AWS (DescribeInstanceTypes; needs credentials)")
+    check.set_defaults(func=_cluster_check)
     return parser
 
 
