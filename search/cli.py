@@ -10,6 +10,7 @@
   held-out test split (``--refit`` retrains it on train + val, ``--register`` adds it to
   the MLflow model registry).
 - ``search predict DIR INPUT...`` runs an exported model on images or a data set.
+- ``search report NAME`` writes the study's report (Markdown + PNG) and logs it to MLflow.
 - ``search cluster check cluster.yaml`` validates a Ray cluster-launcher config the way
   ``ray up`` does, plus what a study needs (see :mod:`search.cluster`).
 """
@@ -123,6 +124,22 @@ def _best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+    from search.studies import find_study
+
+    notes = None
+    if args.notes:
+        notes_path = Path(args.notes)
+        if not notes_path.is_file():
+            raise ValueError(f"--notes must be a Markdown file, but {notes_path} does not exist")
+        notes = notes_path.read_text()
+    path = write_report(find_study(args.name, args.storage), out=Path(args.out) if args.out else None, top=args.top,
+                        notes=notes)
+    print(f"report written to {path}")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from search.predict import predict_inputs
 
@@ -227,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--aws", action="store_true", help="also compare each node type's declared resources with "
                        "the instance type's, read from AWS (DescribeInstanceTypes; needs credentials)")
     check.set_defaults(func=_cluster_check)
+
+    report = commands.add_parser("report", help="write a study's report (Markdown + PNG plots) and log it to MLflow")
+    report.add_argument("name", help="study name (see `search list`)")
+    report.add_argument("--storage", help=STORAGE_HELP)
+    report.add_argument("--out", metavar="DIR", help="report folder (default <storage>/<name>/report)")
+    report.add_argument("--top", type=int, default=10, help="leaderboard rows (default 10)")
+    report.add_argument("--notes", metavar="FILE", help="Markdown placed under the summary (e.g. published results "
+                        "to compare with)")
+    report.set_defaults(func=_report)
     return parser
 
 
