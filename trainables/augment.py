@@ -65,7 +65,7 @@ def prepare_batch(
         spec: crop, size, channels and normalisation.
         augment: training augmentation, or None for evaluation.
         generator: CPU generator for the random draws (required when augmenting).
-        channels_last: return a channels_last tensor (faster convolutions on CUDA).
+        channels_last: return a channels_last tensor (faster convolutions with cuDNN and oneDNN).
     """
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
     batch, _, height, width = x.shape

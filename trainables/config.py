@@ -113,6 +113,13 @@ class TrialConfig:
             to input_size (``None`` = crop size). aug_flip, aug_rot90 (90° rotations),
             aug_color (brightness/contrast jitter strength), aug_shift (random crop offset
             in pixels around the centre crop).
+    Hardware:
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        precision: ``auto`` = bf16 autocast on CUDA, fp32 on the CPU; ``bf16`` also
+            autocasts on the CPU (2-3x faster for plain convnets such as ``cnn3`` or
+            ResNets on CPUs with AMX, e.g. Xeon Sapphire Rapids; slower for depthwise
+            EfficientNets, and emulated, so slow, on CPUs without bf16 units);
+            ``fp32`` never autocasts.
     """
 
     backbone: str = "cnn3"
@@ -156,6 +163,7 @@ class TrialConfig:
     train_fraction: float = 1.0
     seed: int = 0
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
