@@ -4,35 +4,78 @@
 so a resumed ASHA forgets every rung it recorded (ray#30838) and lets weak trials run to
 the end. :class:`PersistentASHA` writes its rungs to a JSON file in the study directory
 after every decision and reloads them the first time it sees a trial after a restore.
+
+Both schedulers here also ask Tune for an experiment snapshot right after a trial is
+added or ends (:class:`SnapshotOnTrialEvents`). Tune otherwise snapshots on a timer, and a
+driver killed between a trial's start and the next snapshot leaves a trial the resumed
+study does not know (it proposes another in its place), or one it thinks still runs.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from ray.tune.schedulers import AsyncHyperBandScheduler
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+from search.storage import StudyFiles
 
 
-class PersistentASHA(AsyncHyperBandScheduler):
-    """``AsyncHyperBandScheduler`` (ASHA) with its rungs mirrored to ``state_path``."""
+def request_snapshot(tune_controller: Any) -> None:
+    """Make Tune save its experiment state at the end of the current step.
 
-    def __init__(self, state_path: str | os.PathLike, **kwargs: Any) -> None:
+    Uses the flag Tune itself sets when trials checkpoint often (Ray 2.60's
+    ``_ExperimentCheckpointManager._should_force_sync_up``); the controller saves after
+    the step, so the snapshot already holds the trial's new status. A Ray without the
+    flag keeps Tune's timed snapshots (``TUNE_GLOBAL_CHECKPOINT_S``).
+    """
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    manager = getattr(controller, "_checkpoint_manager", None)
+    if manager is not None and hasattr(manager, "_should_force_sync_up"):
+        manager._should_force_sync_up = True
+
+
+class SnapshotOnTrialEvents:
+    """Scheduler mixin: a Tune experiment snapshot after every trial start and end."""
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
+        request_snapshot(tune_controller)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)  # type: ignore[misc]
+        request_snapshot(tune_controller)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
+        request_snapshot(tune_controller)
+
+
+class SnapshotFIFO(SnapshotOnTrialEvents, FIFOScheduler):
+    """Tune's first-in-first-out scheduler (no early stopping), snapshotting on trial events."""
+
+
+class PersistentASHA(SnapshotOnTrialEvents, AsyncHyperBandScheduler):
+    """``AsyncHyperBandScheduler`` (ASHA) with its rungs mirrored to ``store/filename``.
+
+    Only the driver runs a scheduler, so the file has one writer even on a cluster; it
+    lives beside the study (local folder or ``s3://...``) so any driver can resume.
+    """
+
+    def __init__(self, store: StudyFiles, filename: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._state_path = str(state_path)
+        self._store = store
+        self._filename = filename
         self._loaded = False
 
     def _load_once(self) -> None:
         if self._loaded:
             return
         self._loaded = True
-        path = Path(self._state_path)
-        if not path.is_file():
+        text = self._store.read_optional(self._filename)
+        if text is None:
             return
-        state = json.loads(path.read_text())
+        state = json.loads(text)
         for bracket, rungs in zip(self._brackets, state["brackets"]):
             for (milestone, recorded), saved in zip(bracket._rungs, rungs):
                 recorded.update(saved["recorded"])
@@ -44,7 +87,8 @@ class PersistentASHA(AsyncHyperBandScheduler):
         Merging keeps the file monotonic: a second scheduler copy in the driver (Tune may
         restore one from its pickles) can add records but never erase another's.
         """
-        saved = json.loads(Path(self._state_path).read_text()) if os.path.isfile(self._state_path) else None
+        text = self._store.read_optional(self._filename)
+        saved = json.loads(text) if text else None
         brackets = []
         for b, bracket in enumerate(self._brackets):
             rungs = []
@@ -54,12 +98,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
                 rungs.append({"milestone": milestone, "recorded": merged})
             brackets.append(rungs)
         state = {"num_stopped": max(self._num_stopped, saved["num_stopped"] if saved else 0), "brackets": brackets}
-        directory = os.path.dirname(self._state_path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(state, handle)
-        os.replace(tmp, self._state_path)
+        self._store.write_text(self._filename, json.dumps(state))
 
     def __getstate__(self) -> dict[str, Any]:
         # Whatever pickled copy Tune restores from must reload the mirrored rungs.
@@ -72,7 +111,7 @@ class PersistentASHA(AsyncHyperBandScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load_once()
-        super().on_trial_add(tune_controller, trial)
+        super().on_trial_add(tune_controller, trial)  # ASHA's, then a snapshot
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._ensure_added(tune_controller, trial)

@@ -36,6 +36,9 @@ from search.tracking import (
 from trainables.config import TrialConfig
 from trainables.trial import PREDICTIONS_FILE
 
+NODE_TAG = "medtune.node_id"   # the Ray node a trial's latest epoch ran on
+NODES_TAG = "medtune.nodes"    # every node it ran on, in order (more than one after a lost node)
+
 # What each epoch's report carries (Tune adds its own bookkeeping keys, which are not logged).
 EPOCH_METRICS = (
     "val_auc", "val_acc", "val_balanced_acc", "val_f1", "val_sensitivity", "val_specificity", "val_loss",
@@ -65,7 +68,7 @@ class MlflowTrialLogger(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, fixed: dict[str, Any],
-                 metric: str, mode: str, class_names: list[str], stopper: str, ended_dir: str,
+                 metric: str, mode: str, class_names: list[str], stopper: str,
                  budget_s: float | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -75,7 +78,6 @@ class MlflowTrialLogger(Callback):
         self.mode = mode
         self.class_names = class_names
         self.stopper = stopper
-        self.ended_dir = ended_dir
         self.budget_s = budget_s
         self._started = time.time()
         self._client: MlflowClient | None = None
@@ -85,10 +87,11 @@ class MlflowTrialLogger(Callback):
         self._best: dict[str, tuple[float, int, Any]] = {}
         self._orphans_checked = False
         self._ended: set[str] = set()
+        self._nodes: dict[str, list[str]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "_runs": {}, "_logged": {}, "_last": {}, "_best": {},
-                "_orphans_checked": False, "_ended": set()}
+                "_orphans_checked": False, "_ended": set(), "_nodes": {}}
 
     @property
     def client(self) -> MlflowClient:
@@ -121,6 +124,8 @@ class MlflowTrialLogger(Callback):
         else:
             self._logged[trial.trial_id] = logged_epochs(self.client, run_id)
             self._best_so_far(trial.trial_id, run_id)
+            nodes = self.client.get_run(run_id).data.tags.get(NODES_TAG)
+            self._nodes[trial.trial_id] = nodes.split(",") if nodes else []
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -165,14 +170,27 @@ class MlflowTrialLogger(Callback):
                 self.client.set_terminated(run.info.run_id, "KILLED")
 
     def mark_ended(self, trial) -> bool:
-        """Record that ``trial`` ended; False when it had already ended before (a resume)."""
+        """Record that ``trial`` ended; False when it had already ended before (a resume).
+
+        MLflow is the record: a resumed driver reads the ended trials back from the
+        child runs' state (see ``search.study.ended_trials``).
+        """
         self.run_id(trial)
         if trial.trial_id in self._ended:
             return False
         self._ended.add(trial.trial_id)
-        os.makedirs(self.ended_dir, exist_ok=True)
-        open(os.path.join(self.ended_dir, trial.trial_id), "w").close()
         return True
+
+    def _tag_node(self, trial, run_id: str, result: dict[str, Any]) -> None:
+        """Tag the run with the Ray node (and IP) the trial runs on, when it changes: a
+        trial that lost its node and resumed elsewhere lists both in ``medtune.nodes``."""
+        node = result.get("node_id")
+        nodes = self._nodes.setdefault(trial.trial_id, [])
+        if not isinstance(node, str) or (nodes and nodes[-1] == node):
+            return
+        nodes.append(node)
+        self.client.log_batch(run_id, tags=[RunTag(NODE_TAG, node), RunTag(NODES_TAG, ",".join(nodes)),
+                                            RunTag("medtune.node_ip", str(result.get("node_ip", "")))])
 
     def _best_so_far(self, trial_id: str, run_id: str) -> None:
         """After a resume: the best epoch logged before the restart (its plots are not
@@ -189,6 +207,7 @@ class MlflowTrialLogger(Callback):
             return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self._last[trial.trial_id] = result
+        self._tag_node(trial, run_id, result)
         if epoch <= self._logged.get(trial.trial_id, 0):
             return  # already logged before a restart from an earlier checkpoint
         stamp = now_ms()

@@ -75,8 +75,17 @@ class Study:
 
 
 def storage_root(storage: str | None = None) -> Path:
-    """The folder holding studies: ``--storage``, else ``$MEDTUNE_STORAGE``, else ``runs/studies``."""
-    return Path(storage or os.environ.get("MEDTUNE_STORAGE") or DEFAULT_STORAGE).expanduser().resolve()
+    """The folder holding studies: ``--storage``, else ``$MEDTUNE_STORAGE``, else ``runs/studies``.
+
+    Studies that ran with URI storage (``s3://...``) are read from a local copy.
+    """
+    from search.storage import normalize
+
+    root = normalize(storage or os.environ.get("MEDTUNE_STORAGE") or DEFAULT_STORAGE)
+    if "://" in root:
+        raise StudyError(f"studies are read from a folder, but the storage is {root!r}; copy the study first "
+                         f"(e.g. `aws s3 sync {root}/NAME runs/studies/NAME`) and pass --storage runs/studies")
+    return Path(root)
 
 
 def study_folders(storage: str | None = None) -> list[Path]:

@@ -4,6 +4,11 @@ Data flow: validate the space (before Ray starts) -> decode the dataset once (ca
 disk) -> put it in Ray's object store once -> Tuner with OptunaSearch + ASHA -> MLflow
 parent run with one child per trial. A study lives in ``<storage>/<name>/``; the file
 ``medtune_study.json`` there remembers what ``--resume`` needs.
+
+On a Ray cluster the trials run on other machines than the driver, so everything a
+trial writes goes through Tune to the storage every node sees (``--storage s3://...`` or
+a shared mount), and everything medtune keeps about the study (the study file, ASHA's
+rungs, MLflow) is written by the driver alone.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from search.space import Space, SpaceError, load_space
+from search.storage import StudyFiles, normalize
 
 STUDY_FILE = "medtune_study.json"
 ASHA_FILE = "asha_state.json"
-ENDED_DIR = "ended_trials"
 DEFAULT_STORAGE = "runs/studies"
 
 
@@ -37,13 +42,20 @@ class StudyOptions:
     num_cpus: int | None = None
 
 
-def study_dir(space: Space, options: StudyOptions) -> Path:
-    """Where Tune keeps the study (absolute: Tune refuses relative storage paths)."""
+def study_dir(space: Space, options: StudyOptions) -> StudyFiles:
+    """Where Tune keeps the study: an absolute path (Tune refuses relative ones) or a
+    pyarrow URI such as ``s3://bucket/studies`` (what a multi-node cluster needs)."""
     storage = options.storage or os.environ.get("MEDTUNE_STORAGE") or DEFAULT_STORAGE
-    if "://" in storage:
-        raise SpaceError(space.path, "--storage", f"remote storage {storage!r} is set per cluster",
-                         "use a local or shared-filesystem path")
-    return Path(storage).expanduser().resolve() / (options.name or space.name)
+    try:
+        import pyarrow.fs
+
+        root = normalize(storage)
+        if "://" in root:
+            pyarrow.fs.FileSystem.from_uri(root)
+    except (ValueError, OSError, ImportError) as err:
+        raise SpaceError(space.path, "--storage", f"pyarrow cannot open {storage!r} ({err})",
+                         "pass a folder, or a URI Tune understands: s3://BUCKET/PATH, gs://BUCKET/PATH") from None
+    return StudyFiles(root, options.name or space.name)
 
 
 def apply_overrides(space: Space, options: StudyOptions) -> Space:
@@ -64,7 +76,7 @@ def apply_overrides(space: Space, options: StudyOptions) -> Space:
     return dataclasses.replace(space, tune=tune_settings)
 
 
-def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, Path]:
+def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, StudyFiles]:
     """Everything checkable before Ray starts: the space, the backbones, the study dir."""
     from search.preflight import check_space
 
@@ -82,7 +94,7 @@ def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, Path]
         except ValueError as err:
             raise SpaceError(space.path, "tune.algorithm", str(err)) from None
     directory = study_dir(space, options)
-    exists = (directory / STUDY_FILE).is_file()
+    exists = directory.exists(STUDY_FILE)
     if options.resume and not exists:
         raise SpaceError(space.path, "--resume", f"there is no study to resume at {directory}",
                          "run it without --resume first, or pass the --name / --storage it ran with")
@@ -105,11 +117,10 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
     import mlflow  # noqa: F401  (import before Ray workers fork: slow import, once)
     import ray
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.asha import PersistentASHA
+    from search.asha import PersistentASHA, SnapshotFIFO
     from search.callbacks import MlflowTrialLogger, ProgressLine
     from search.sampling import DefineByRun, grid_size, sampler_for
     from search.tracking import MlflowClient, experiment_id, resolve_tracking_uri, start_study_run
@@ -125,14 +136,16 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
     tracking_uri = resolve_tracking_uri(options.tracking_uri, space.mlflow.tracking_uri)
     client = MlflowClient(tracking_uri)
     name = directory.name
+    ended: frozenset[str] = frozenset()
     if options.resume:
-        record = json.loads((directory / STUDY_FILE).read_text())
+        record = json.loads(directory.read_text(STUDY_FILE))
         if record["data_fingerprint"] != data.fingerprint:
             raise SpaceError(space.path, "data", "the data changed since the study started (fingerprint differs)",
                              "resume with the same data, or start a new study with --name")
         tracking_uri, exp_id, parent_run_id = record["tracking_uri"], record["experiment_id"], record["parent_run_id"]
         client = MlflowClient(tracking_uri)
         client.set_terminated(parent_run_id, "RUNNING")
+        ended = ended_trials(client, exp_id, parent_run_id)
     else:
         exp_id = experiment_id(client, space.mlflow.experiment or space.name, tracking_uri)
         settings = {
@@ -143,8 +156,7 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
         }
         parent_run_id = start_study_run(client, exp_id, name, space.text,
                                         {"fingerprint": data.fingerprint, "sizes": data.split_sizes()}, settings)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / STUDY_FILE).write_text(json.dumps({
+        directory.write_text(STUDY_FILE, json.dumps({
             "name": name, "space": str(Path(space_path).resolve()), "tracking_uri": tracking_uri,
             "experiment_id": exp_id, "parent_run_id": parent_run_id, "data_fingerprint": data.fingerprint,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -156,19 +168,20 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
 
     resources = {"cpu": space.resources.cpus, "gpu": trial_gpus(space.resources.gpus, _cluster_gpus())}
-    ended_dir = str(directory / ENDED_DIR)
-    trainable = tune.with_resources(tune.with_parameters(train, data=data, fixed=space.params, ended_dir=ended_dir),
+    # The trials that ended before a restart (from MLflow, written by the driver only):
+    # Tune's last snapshot may still list one as running, and it must not train again.
+    trainable = tune.with_resources(tune.with_parameters(train, data=data, fixed=space.params, ended=ended),
                                     resources)
     metric, mode = space.tune.metric, space.tune.mode
     fixed = dict(space.params)
     callbacks = [
         MlflowTrialLogger(tracking_uri, exp_id, parent_run_id, fixed, metric, mode, data.class_names,
-                          stopper="asha" if space.scheduler.type == "asha" else "time budget", ended_dir=ended_dir,
+                          stopper="asha" if space.scheduler.type == "asha" else "time budget",
                           budget_s=space.tune.time_budget_s),
         ProgressLine(metric, mode, fixed, space.tune.time_budget_s),
     ]
     if options.resume:
-        tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(directory.uri, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
     else:
         searcher: Any = OptunaSearch(space=DefineByRun(space), sampler=sampler_for(space), metric=metric, mode=mode)
@@ -177,12 +190,12 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
         searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent or trial_slots(resources))
         if space.scheduler.type == "asha":
             scheduler: Any = PersistentASHA(
-                directory / ASHA_FILE, time_attr="training_iteration", max_t=space.max_epochs,
+                directory, ASHA_FILE, time_attr="training_iteration", max_t=space.max_epochs,
                 grace_period=min(space.scheduler.grace_period, space.max_epochs),
                 reduction_factor=space.scheduler.reduction_factor,
             )
         else:
-            scheduler = FIFOScheduler()
+            scheduler = SnapshotFIFO()
         num_samples = space.tune.num_samples * (grid_size(space) if space.tune.algorithm == "grid" else 1)
         tuner = tune.Tuner(
             trainable,
@@ -192,7 +205,7 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
                                         reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name,
-                storage_path=str(directory.parent),
+                storage_path=directory.root,
                 callbacks=callbacks,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
@@ -212,18 +225,29 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
     return results
 
 
-def prune_checkpoints(directory: Path, metric: str, mode: str, keep: int = 2) -> int:
+def ended_trials(client: Any, exp_id: str, parent_run_id: str) -> frozenset[str]:
+    """Trial ids whose MLflow child run is no longer ``running`` (completed, stopped, errored, lost)."""
+    from search.tracking import STATE_TAG, TRIAL_TAG, children_filter
+
+    runs = client.search_runs([exp_id], filter_string=children_filter(parent_run_id), max_results=50000)
+    return frozenset(run.data.tags[TRIAL_TAG] for run in runs
+                     if TRIAL_TAG in run.data.tags and run.data.tags.get(STATE_TAG) != "running")
+
+
+def prune_checkpoints(directory: StudyFiles, metric: str, mode: str, keep: int = 2) -> int:
     """Delete each trial's checkpoints except its ``keep`` best by ``metric`` and its latest.
 
     Reads Tune's ``result.json`` (one line per epoch, naming the checkpoint it wrote).
-    Returns the number of checkpoint folders removed.
+    Works on local folders and on URIs alike. Returns the number of checkpoint folders removed.
     """
     import math
-    import shutil
 
     removed = 0
-    for result_file in directory.glob("*/result.json"):
-        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    for trial_dir in directory.list_dirs():
+        text = directory.read_optional(f"{trial_dir}/result.json")
+        if text is None:
+            continue
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         named = [(row[metric], row["checkpoint_dir_name"]) for row in rows
                  if row.get("checkpoint_dir_name") and isinstance(row.get(metric), (int, float))
                  and math.isfinite(row[metric])]
@@ -231,9 +255,10 @@ def prune_checkpoints(directory: Path, metric: str, mode: str, keep: int = 2) ->
             continue
         ranked = sorted(named, key=lambda item: item[0], reverse=mode == "max")
         kept = {name for _, name in ranked[:keep]} | {rows[-1].get("checkpoint_dir_name") or named[-1][1]}
-        for folder in result_file.parent.glob("checkpoint_*"):
-            if folder.name not in kept:
-                shutil.rmtree(folder)
+        trial = StudyFiles(directory.uri, trial_dir)
+        for folder in trial.list_dirs():
+            if folder.startswith("checkpoint_") and folder not in kept:
+                trial.delete_dir(folder)
                 removed += 1
     return removed
 

@@ -4,6 +4,10 @@ The decoded dataset arrives through ``tune.with_parameters``, i.e. Ray's object 
 one copy per node, shared read-only by every trial on it. Each epoch's checkpoint goes to
 Tune with the epoch's report, so ``training_iteration`` equals the epoch and a retried or
 resumed trial continues from its last epoch.
+
+On a cluster this function runs on a worker machine: it writes nothing but what it
+hands to Tune (metrics, checkpoints), which Tune puts in the study's shared storage, and
+it reads nothing from the driver's disk.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 from ray.tune import Checkpoint
@@ -27,16 +32,21 @@ def trial_config(sampled: dict[str, Any], fixed: dict[str, Any]) -> TrialConfig:
     return TrialConfig.from_dict({**fixed, **sampled})
 
 
-def train(config: dict[str, Any], data: ImageDataset, fixed: dict[str, Any], ended_dir: str) -> None:
+def train(config: dict[str, Any], data: ImageDataset, fixed: dict[str, Any],
+          ended: frozenset[str] = frozenset()) -> None:
     """Run one trial inside a Tune worker, reporting once per epoch with a checkpoint.
 
-    ``ended_dir`` holds a marker per trial the driver saw end. Tune's experiment snapshot
-    can lag the driver by a moment, so after a killed driver ``--resume`` may restart a
-    trial that had in fact finished; the marker makes it return at once instead of
-    training (and being logged) a second time.
+    ``ended`` holds the trials the driver had seen end before this (resumed) run started,
+    read from MLflow. Tune's experiment snapshot can lag the driver by a moment, so after a
+    killed driver ``--resume`` may restart a trial that had in fact finished; it then
+    returns at once instead of training (and being logged) a second time.
+
+    Every report carries ``node_id``, the Ray node the epoch ran on (the driver tags the
+    trial's MLflow run with it).
     """
-    if os.path.exists(os.path.join(ended_dir, tune.get_context().get_trial_id())):
+    if tune.get_context().get_trial_id() in ended:
         return
+    node_id = ray.get_runtime_context().get_node_id()
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
         torch.set_num_threads(cpus)
@@ -48,6 +58,6 @@ def train(config: dict[str, Any], data: ImageDataset, fixed: dict[str, Any], end
             resume = Path(checkpoint.to_directory(os.path.join(tmp, "resume")))
 
         def report(metrics: dict[str, float], directory: Path | None) -> None:
-            tune.report(metrics, checkpoint=Checkpoint.from_directory(str(directory)) if directory else None)
+            tune.report({**metrics, "node_id": node_id}, checkpoint=Checkpoint.from_directory(str(directory)) if directory else None)
 
         run_trial(settings, data, report=report, checkpoint_dir=os.path.join(tmp, "checkpoint"), resume_from=resume)
