@@ -67,16 +67,19 @@ def _isnan(value: Any) -> bool:
 
 
 def depth_table(records: StudyRecords) -> pd.DataFrame:
-    """Finished trials with ``init``, ``kept_stages``, ``variant`` (backbone, init, truncation)
-    and ``regime`` (fine-tuning / feature extraction)."""
+    """Finished trials with ``init``, ``kept_stages``, ``variant`` (backbone, init, truncation, and
+    training fraction when that varied: the best depth may change with the data size) and
+    ``regime`` (fine-tuning / feature extraction)."""
     table = with_init(records.finished)
     if table.empty:
         return table.assign(kept_stages=[], variant=[], regime=[])
     truncation = table["truncate_after"] if "truncate_after" in table.columns else pd.Series(None, index=table.index)
     table["kept_stages"] = [kept_stages(b, t) for b, t in zip(table["backbone"], truncation)]
     frozen = table["frozen_stages"] if "frozen_stages" in table.columns else pd.Series(0, index=table.index)
-    table["variant"] = [f"{b} ({i}" + (f", cut after stage {int(t)})" if t is not None and not _isnan(t) else ")")
-                        for b, i, t in zip(table["backbone"], table["init"], truncation)]
+    fractions = table["train_fraction"] if records.varied("train_fraction") else pd.Series(None, index=table.index)
+    table["variant"] = [f"{b} ({i}" + (f", cut after stage {int(t)}" if t is not None and not _isnan(t) else "")
+                        + (f", {float(f):.0%} of train" if f is not None else "") + ")"
+                        for b, i, t, f in zip(table["backbone"], table["init"], truncation, fractions)]
     table["regime"] = ["feature extraction" if k is not None and int(f) >= k else
                        ("fine-tuning (all stages)" if int(f) == 0 else "fine-tuning (partial)")
                        for f, k in zip(frozen, table["kept_stages"])]
@@ -188,6 +191,22 @@ def same_config(records: StudyRecords, best: pd.Series, ignore: tuple[str, ...] 
     return table[mask]
 
 
+def seed_spread(records: StudyRecords) -> pd.DataFrame:
+    """Configurations that ran with two or more seeds: ``trials``, ``mean``, ``std``, ``low``, ``high``.
+
+    Only meaningful when ``seed`` was searched (or a grid repeated): trials are grouped by
+    every other searched setting.
+    """
+    table = records.finished
+    keys = [n for n in records.searched if n != "seed" and n in table.columns]
+    if table.empty or "seed" not in records.searched or not keys:
+        return pd.DataFrame(columns=["trials", "mean", "std", "low", "high"])
+    groups = table.groupby([table[k].map(value_key) for k in keys])["value"]
+    spread = pd.DataFrame({"trials": groups.size(), "mean": groups.mean(), "std": groups.std(ddof=1),
+                           "low": groups.min(), "high": groups.max()})
+    return spread[spread["trials"] >= 2]
+
+
 def asha_stops(records: StudyRecords) -> dict[int, int]:
     """Trials ASHA stopped, by the epoch they stopped at."""
     table = records.trials
@@ -196,4 +215,4 @@ def asha_stops(records: StudyRecords) -> dict[int, int]:
 
 
 __all__ = ["asha_stops", "best_by", "bootstrap_auc", "depth_table", "importances", "kept_stages", "parameter_kind",
-           "same_config", "stages_of", "with_init"]
+           "same_config", "seed_spread", "stages_of", "with_init"]

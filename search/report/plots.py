@@ -58,12 +58,13 @@ def transfer_plot(table: pd.DataFrame, best: pd.DataFrame, metric: str, path: Pa
 
 
 def frozen_plot(best: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Best study metric vs frozen stages, one line per backbone and initialisation."""
+    """Best study metric vs frozen stages, one line per variant (backbone, init, truncation, fraction; scratch dashed)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, line in best.groupby("variant", sort=True):
         line = line.sort_values("frozen_stages")
-        handle = ax.plot(line["frozen_stages"].astype(int), line["value"], "o-", label=str(variant))[0]
+        style = "o--" if "(scratch" in str(variant) else "o-"
+        handle = ax.plot(line["frozen_stages"].astype(int), line["value"], style, label=str(variant))[0]
         extraction = line[line["regime"] == "feature extraction"]
         ax.scatter(extraction["frozen_stages"].astype(int), extraction["value"], s=120, facecolors="none",
                    edgecolors=handle.get_color())

@@ -102,7 +102,7 @@ def budget(ctx: Context) -> Section:
         + ", ".join(f"{k} {v}" for k, v in sizes.items())
         + (f"; training subset {data_fraction:g} of train" if data_fraction < 1 else ""),
         f"- training fraction per trial: {', '.join(f'{f:g}' for f in fractions) or '1'}",
-        f"- search: {params.get('algorithm', '?')}, {params.get('num_samples', '?')} samples, "
+        f"- search: {params.get('algorithm', '?')}, num_samples {params.get('num_samples', '?')}, "
         f"time budget {params.get('time_budget', 'None')}, scheduler {params.get('scheduler', '?')}, "
         f"at most {params.get('max_epochs', '?')} epochs per trial, sampler seed {params.get('seed', '?')}",
         f"- trials: {len(trials)} (" + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(counts.items()))
@@ -420,6 +420,15 @@ def uncertainty(ctx: Context) -> Section:
     else:
         section.lines.append("- No other trial repeated the best configuration, so the seed-to-seed spread of this "
                              "configuration was not measured (repeat it with another `seed` to measure it).")
+    spread = analysis.seed_spread(records)
+    if not spread.empty:
+        section.lines.append(f"- Seed spread: {len(spread)} configurations ran with {int(spread['trials'].min())}-"
+                             f"{int(spread['trials'].max())} seeds each; the standard deviation of {records.metric} "
+                             f"across seeds has median {spread['std'].median():.4f} and maximum "
+                             f"{spread['std'].max():.4f} (largest range {(spread['high'] - spread['low']).max():.4f}). "
+                             "Differences between configurations smaller than about twice that are training noise.")
+        if section.finding:
+            section.finding += f"; the seed-to-seed standard deviation is about {spread['std'].median():.3f}"
     head = table.head(min(5, len(table)))
     if len(head) >= 2:
         section.lines.append(f"- The top {len(head)} trials span {head['value'].min():.4f}-{head['value'].max():.4f}: "
