@@ -48,6 +48,15 @@ def test_two_epochs_raise_validation_auc(pneumonia):
     assert history[-1]["trainable_fraction"] == 1.0
 
 
+def test_trial_shares_the_read_only_dataset_without_copying(pneumonia):
+    # Arrays from Ray's object store are read-only views of shared memory: the trial must wrap
+    # them, never copy (a copy per concurrent trial is what benchmarks/memory.py guards against).
+    shared = dataclasses.replace(pneumonia, images=pneumonia.images.view())
+    shared.images.flags.writeable = False
+    tensor = images_tensor(shared, torch.device("cpu"))
+    assert tensor.data_ptr() == shared.images.__array_interface__["data"][0]
+
+
 def _one_epoch(config, data, compute):
     state = build_trial(config, data)
     state.compute = compute

@@ -283,11 +283,15 @@ def run_trial(
         NonFiniteLossError: the loss became NaN/inf; the message names the likely fix.
         TrialSetupError: the config does not fit the data.
     """
+    setup_started = time.perf_counter()
     state = build_trial(config, data)
     if resume_from is not None:
         restore(state, load_checkpoint(resume_from))
     images = images_tensor(data, state.device)
     trainable, total = state.model.trainable_parameters()
+    # Overhead outside the epochs, reported for benchmarks/study_overhead.py: model build
+    # (+ restore) before the first epoch of this run, checkpoint writing after each epoch.
+    setup_seconds = time.perf_counter() - setup_started
     while state.epoch < config.epochs:
         started = time.perf_counter()
         train_loss, seen = train_epoch(state, config, images, data)
@@ -304,13 +308,16 @@ def run_trial(
             epoch_seconds=time.perf_counter() - started,
             images_per_second=seen / max(train_seconds, 1e-9),
         )
+        metrics["setup_seconds"], setup_seconds = setup_seconds, 0.0
         state.history.append(metrics)
         saved = None
         if checkpoint_dir is not None:
+            saving = time.perf_counter()
             save_checkpoint(state_dict(state, config), checkpoint_dir)
             # Labels and scores only (no images): enough for ROC curves and confusion matrices.
             np.savez(Path(checkpoint_dir) / PREDICTIONS_FILE, labels=data.labels[data.splits["val"]], probs=probs)
             saved = Path(checkpoint_dir)
+            metrics["checkpoint_seconds"] = time.perf_counter() - saving
         if report is not None:
             report(metrics, saved)
     return state.history
