@@ -312,3 +312,29 @@ def describe(summary: ClusterSummary) -> str:
     lines.append(f"  studies in {summary.storage}; MLflow at {summary.tracking_uri} on the head")
     return "\n".join(lines)
 
+
+
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def autoscaling_capacity(path: str | Path = BOOTSTRAP_CONFIG) -> dict[str, float]:
+    """The most resources the autoscaler may bring up, from the config ``ray up`` leaves on
+    the head (every worker type at ``max_workers``, plus the head); ``{}`` elsewhere.
+
+    An autoscaling cluster starts with no GPU worker, so the resources present when a
+    study starts say nothing about what it will get: a driver on the head sizes the
+    study's concurrency and GPUs per trial by this instead.
+    """
+    file = Path(path).expanduser()
+    try:
+        config = yaml.safe_load(file.read_text()) if file.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
+        return {}
+    total: dict[str, float] = {}
+    for name, node in config["available_node_types"].items():
+        count = 1 if name == config.get("head_node_type") else _number(node.get("max_workers"))
+        for key, value in (node.get("resources") or {}).items():
+            total[key] = total.get(key, 0) + count * _number(value)
+    return total

@@ -167,7 +167,8 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
         ray.init(address=options.address, num_cpus=options.num_cpus if options.address is None else None,
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
 
-    resources = {"cpu": space.resources.cpus, "gpu": trial_gpus(space.resources.gpus, _cluster_gpus())}
+    joined = options.address is not None  # an existing cluster, maybe autoscaling (search.cluster)
+    resources = {"cpu": space.resources.cpus, "gpu": trial_gpus(space.resources.gpus, _cluster_gpus(joined))}
     # The trials that ended before a restart (from MLflow, written by the driver only):
     # Tune's last snapshot may still list one as running, and it must not train again.
     trainable = tune.with_resources(tune.with_parameters(train, data=data, fixed=space.params, ended=ended),
@@ -187,7 +188,7 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
         searcher: Any = OptunaSearch(space=DefineByRun(space), sampler=sampler_for(space), metric=metric, mode=mode)
         # Tune lets a non-default searcher keep only one trial pending unless it is wrapped
         # in a ConcurrencyLimiter, which in practice serialises the study (ray#46965).
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent or trial_slots(resources))
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent or trial_slots(resources, joined))
         if space.scheduler.type == "asha":
             scheduler: Any = PersistentASHA(
                 directory, ASHA_FILE, time_attr="training_iteration", max_t=space.max_epochs,
@@ -263,17 +264,26 @@ def prune_checkpoints(directory: StudyFiles, metric: str, mode: str, keep: int =
     return removed
 
 
-def _cluster_gpus() -> float:
+def cluster_totals(joined: bool = False) -> dict[str, float]:
+    """Resources of the Ray cluster: those up now or, when the driver ``joined`` a cluster
+    made by ``ray up`` with autoscaling workers, the most the autoscaler may start
+    (whichever is larger). A Ray started by the driver itself never autoscales."""
     import ray
 
-    return float(ray.cluster_resources().get("GPU", 0))
+    from search.cluster import autoscaling_capacity
+
+    now = ray.cluster_resources()
+    most = autoscaling_capacity() if joined else {}
+    return {key: max(float(now.get(key, 0)), float(most.get(key, 0))) for key in {*now, *most}}
 
 
-def trial_slots(resources: dict[str, float]) -> int:
+def _cluster_gpus(joined: bool = False) -> float:
+    return cluster_totals(joined).get("GPU", 0.0)
+
+
+def trial_slots(resources: dict[str, float], joined: bool = False) -> int:
     """How many trials fit on the cluster at once with these per-trial resources."""
-    import ray
-
-    total = ray.cluster_resources()
+    total = cluster_totals(joined)
     slots = total.get("CPU", 1) // max(resources["cpu"], 1e-9)
     if resources["gpu"] > 0:
         slots = min(slots, total.get("GPU", 0) // resources["gpu"])

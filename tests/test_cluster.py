@@ -254,3 +254,16 @@ def test_rays_aws_bootstrap_rejects_an_unknown_instance_type(moto_aws):
     node.pop("resources")
     with pytest.raises(jsonschema.ValidationError, match="'resources' is a required property"):
         _bootstrap(config)
+
+
+def test_autoscaling_capacity_counts_every_worker_type_at_its_maximum(tmp_path):
+    from ray.autoscaler._private.util import prepare_config
+
+    from search.cluster import autoscaling_capacity
+
+    # What `ray up` leaves on the head as ~/ray_bootstrap_config.yaml (prepared config).
+    bootstrap = write(tmp_path, prepare_config(load_config(CLUSTER)), "ray_bootstrap_config.yaml")
+    assert autoscaling_capacity(bootstrap) == {"CPU": 0 + 8 * 4 + 2 * 96, "GPU": 8 * 1 + 2 * 8}
+    local = write(tmp_path, prepare_config(load_config(SIM)), "sim_bootstrap.yaml")
+    assert autoscaling_capacity(local) == {}  # local nodes report their own resources
+    assert autoscaling_capacity(tmp_path / "absent.yaml") == {}
