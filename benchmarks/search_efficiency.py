@@ -1,0 +1,186 @@
+"""Search efficiency on PCam: ASHA + TPE vs random search without early stopping.
+
+Both arms run the same space (``benchmarks/spaces/search_efficiency.yaml``) with the same
+wall-clock budget, one after the other on the same machine; the random arm overrides
+``tune.algorithm: random`` and ``scheduler.type: none`` (every trial runs all its epochs).
+From every epoch report of every trial (Tune's ``result.json``: ``val_auc`` and its
+timestamp) each arm gets a best-so-far validation AUC curve over time since its first
+trial started. The score:
+
+    time ASHA + TPE needs to reach the best val AUC random reaches by the end
+    -------------------------------------------------------------------------  <= 1/3 (target)
+    time random needs to reach it
+
+Usage (each arm is one ``search run``; run them under the CPU lock, one at a time):
+    python benchmarks/search_efficiency.py run --arm asha --workdir /tmp/medtune-search-eff
+    python benchmarks/search_efficiency.py run --arm random --workdir /tmp/medtune-search-eff
+    python benchmarks/search_efficiency.py report --workdir /tmp/medtune-search-eff --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, load_average, machine, table, write_section  # noqa: E402
+
+SPACE = Path(__file__).resolve().parent / "spaces" / "search_efficiency.yaml"
+PLOT = ROOT / "docs" / "benchmarks" / "search_efficiency.png"
+TARGET = 1 / 3
+ARMS = {
+    "asha": {"label": "ASHA + TPE", "tune": {"algorithm": "tpe"}, "scheduler": {"type": "asha"}},
+    "random": {"label": "random, no early stopping", "tune": {"algorithm": "random"}, "scheduler": {"type": "none"}},
+}
+
+
+def arm_space(arm: str, budget: str | None, workdir: Path) -> Path:
+    """The benchmark space with the arm's algorithm/scheduler (and budget) written to ``workdir``."""
+    raw = yaml.safe_load(SPACE.read_text())
+    raw["name"] = f"search-efficiency-{arm}"
+    raw["tune"].update(ARMS[arm]["tune"])
+    if budget:
+        raw["tune"]["time_budget"] = budget
+    raw["scheduler"] = {**raw.get("scheduler", {}), **ARMS[arm]["scheduler"]}
+    if raw["scheduler"]["type"] == "none":
+        raw["scheduler"] = {"type": "none"}
+    path = workdir / f"space-{arm}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_arm(arm: str, workdir: Path, budget: str | None, cpus: int | None) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    space = arm_space(arm, budget, workdir)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / f'mlflow-{arm}.db'}"}
+    command = [sys.executable, "-m", "search.cli", "run", str(space), "--storage", str(workdir / "studies")]
+    if cpus:
+        command += ["--num-cpus", str(cpus)]
+    (workdir / f"load-{arm}.txt").write_text(load_average())
+    subprocess.run(command, env=env, cwd=ROOT, check=True)
+    (workdir / f"load-{arm}.txt").write_text(f"{(workdir / f'load-{arm}.txt').read_text()} / {load_average()}")
+
+
+def curve(study: Path, metric: str = "val_auc") -> tuple[list[tuple[float, float]], dict]:
+    """Best-so-far ``metric`` over seconds since the first trial started, and study stats."""
+    reports, starts, trials, epochs = [], [], 0, 0
+    for result_file in study.glob("train_*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if not rows:
+            continue
+        trials += 1
+        epochs += len(rows)
+        starts.append(rows[-1]["timestamp"] - rows[-1]["time_total_s"])
+        reports += [(row["timestamp"], row[metric]) for row in rows if isinstance(row.get(metric), (int, float))]
+    if not reports:
+        raise SystemExit(f"no {metric} reports under {study}; run the arm first")
+    origin = min(starts)
+    best, points = float("-inf"), []
+    for stamp, value in sorted(reports):
+        if value > best:
+            best = value
+            points.append((stamp - origin, value))
+    span = max(stamp for stamp, _ in reports) - origin
+    return points, {"trials": trials, "epochs": epochs, "span_s": span, "best": best}
+
+
+def time_to_reach(points: list[tuple[float, float]], value: float) -> float | None:
+    """First time the best-so-far curve reaches ``value`` (None if never)."""
+    return next((t for t, v in points if v >= value), None)
+
+
+def plot(curves: dict[str, list[tuple[float, float]]], stats: dict, target_value: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for arm, points in curves.items():
+        xs = [t / 60 for t, _ in points] + [stats[arm]["span_s"] / 60]
+        ys = [v for _, v in points] + [points[-1][1]]
+        ax.step(xs, ys, where="post", label=f"{ARMS[arm]['label']} ({stats[arm]['trials']} trials, "
+                                            f"{stats[arm]['epochs']} epochs)")
+    ax.axhline(target_value, color="grey", linestyle=":", linewidth=1, label="random's final best")
+    ax.set_xlabel("minutes since the first trial started")
+    ax.set_ylabel("best validation AUC so far")
+    ax.set_title("PCam (10% train), cnn3: ASHA + TPE vs random search, same budget")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    low = min(v for points in curves.values() for _, v in points)
+    ax.set_ylim(max(0.5, low - 0.02), min(1.0, max(target_value, *(p[-1][1] for p in curves.values())) + 0.01))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def report(workdir: Path, write_docs: bool) -> None:
+    curves, stats = {}, {}
+    for arm in ARMS:
+        curves[arm], stats[arm] = curve(workdir / "studies" / f"search-efficiency-{arm}")
+    goal = stats["random"]["best"]
+    t_random = time_to_reach(curves["random"], goal)
+    t_asha = time_to_reach(curves["asha"], goal)
+    ratio = None if t_asha is None else t_asha / t_random
+    summary = {"random_best": goal, "t_random_s": t_random, "t_asha_s": t_asha, "ratio": ratio, "stats": stats}
+    print(json.dumps(summary, indent=1))
+    plot(curves, stats, goal, PLOT)
+    print(f"wrote {PLOT}")
+    if not write_docs:
+        return
+    budget = yaml.safe_load((workdir / "space-asha.yaml").read_text())["tune"]["time_budget"]
+    loads = {arm: (workdir / f"load-{arm}.txt").read_text() if (workdir / f"load-{arm}.txt").exists() else "?"
+             for arm in ARMS}
+    verdict = ("not reached within the budget: NOT met" if ratio is None
+               else f"**{ratio:.2f}** ({'met' if ratio <= TARGET else 'NOT met'}, target <= 0.33)")
+    rows = [[ARMS[arm]["label"], stats[arm]["trials"], stats[arm]["epochs"], f"{stats[arm]['best']:.4f}",
+             f"{time_to_reach(curves[arm], goal):.0f} s" if time_to_reach(curves[arm], goal) is not None else "never",
+             loads[arm]] for arm in ARMS]
+    write_section("search-efficiency", f"""## Search efficiency: ASHA + TPE vs random search (issue E.3)
+
+Space `benchmarks/spaces/search_efficiency.yaml`: PCam, 10% of the training split (about 2,000
+patches), validation on all 2,987 validation patches every epoch; scratch `cnn3`, `precision: bf16`;
+searched: crop 32/48/64/96, optimizer, lr, batch size, dropout, head; up to 9 epochs. Each arm gets
+the same wall-clock budget of {budget} (Tune's `time_budget`) on the same 2 CPUs (1 CPU per trial),
+one after the other. ASHA: grace 1 epoch, reduction factor 3 (rungs at 1, 3, 9 epochs).
+
+{table(["arm", "trials", "epochs trained", "best val AUC", "time to random's final best", "load avg before / after"], rows)}
+
+Time ASHA + TPE needs to reach random search's final best ({goal:.4f}) / time random needs:
+{verdict}. Times count from each arm's first trial start.
+
+![best-so-far validation AUC vs time](benchmarks/search_efficiency.png)
+
+One run per arm, one seed: the ratio moves with the seed (a lucky early random draw makes it
+look worse). Machine: {machine()}.""")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one arm (or both) as a study")
+    run.add_argument("--arm", choices=[*ARMS, "both"], default="both")
+    run.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-search-efficiency"))
+    run.add_argument("--budget", help="override the space's time_budget, e.g. 6m")
+    run.add_argument("--num-cpus", type=int)
+    rep = sub.add_parser("report", help="compare the two arms, plot, and optionally write the docs")
+    rep.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-search-efficiency"))
+    rep.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("MEDTUNE_DATA", str(ROOT.parent / "shared" / "data"))
+    if args.command == "run":
+        for arm in (ARMS if args.arm == "both" else [args.arm]):
+            run_arm(arm, args.workdir, args.budget, args.num_cpus)
+    else:
+        report(args.workdir, args.write_docs)
+
+
+if __name__ == "__main__":
+    main()
