@@ -9,6 +9,7 @@ before any instance would be launched.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,25 @@ def test_autoscaling_capacity_counts_every_worker_type_at_its_maximum(tmp_path):
     local = write(tmp_path, prepare_config(load_config(SIM)), "sim_bootstrap.yaml")
     assert autoscaling_capacity(local) == {}  # local nodes report their own resources
     assert autoscaling_capacity(tmp_path / "absent.yaml") == {}
+
+
+def test_submit_entry_script_runs_from_the_checkout_and_joins_the_cluster(tmp_path):
+    """``ray submit`` runs search/__main__.py as a lone file from the home folder."""
+    import subprocess
+    import sys
+
+    from search.__main__ import submitted_argv
+
+    assert submitted_argv(["run", "spaces/pcam.yaml"]) == ["run", "spaces/pcam.yaml", "--address", "auto"]
+    assert submitted_argv(["run", "s.yaml", "--address=10.0.0.1:6379"]) == ["run", "s.yaml", "--address=10.0.0.1:6379"]
+    assert submitted_argv(["best", "pcam"]) == ["best", "pcam"]
+    script = tmp_path / "__main__.py"  # what ray submit uploads
+    script.write_text((ROOT / "search" / "__main__.py").read_text())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # A relative path resolves in $MEDTUNE_HOME, not in the folder it was started from.
+    out = subprocess.run([sys.executable, str(script), "cluster", "check", "cluster.yaml"], cwd=tmp_path,
+                         env={**env, "MEDTUNE_HOME": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "cluster.yaml: valid" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, str(script), "cluster", "check", "cluster.yaml"], cwd=tmp_path,
+                         env={**env, "MEDTUNE_HOME": str(tmp_path / "nowhere")}, capture_output=True, text=True)
+    assert out.returncode == 1 and "MEDTUNE_HOME" in out.stderr

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIM = Path("/tmp/medtune-sim")
 IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 MLFLOW = "http://127.0.0.2:5055"
+RAY = str(Path(sys.prefix, "bin", "ray"))
 
 SPACE = """
 name: launcher
@@ -135,22 +136,22 @@ def test_ray_up_submit_and_down_on_loopback(data_root):
     config = str(ROOT / "cluster.sim.yaml")
     try:
         prepare_node_environment(data_root)
-        sh(str(Path(sys.prefix, "bin", "ray")), "get-auth-token", "--generate", env=env)
+        sh(RAY, "get-auth-token", "--generate", env=env)
         started = time.time()
-        sh("ray", "up", config, "-y", "--no-config-cache", env=env, timeout=900)
+        sh(RAY, "up", config, "-y", "--no-config-cache", env=env, timeout=900)
         # The autoscaler on the head starts both workers (local provider: min = max = 2).
         deadline = time.time() + 300
         status = ""
         while time.time() < deadline:
-            status = sh("ray", "exec", config, "ray status", env=env, check=False, timeout=120)
+            status = sh(RAY, "exec", config, "ray status", env=env, check=False, timeout=120)
             if "2.0/2.0 GPU" in status or "0.0/2.0 GPU" in status:
                 break
             time.sleep(5)
         assert "2.0 GPU" in status, status
-        out = sh("ray", "submit", config, "search/__main__.py", "--", "run", str(SIM / "space.yaml"),
+        out = sh(RAY, "submit", config, "search/__main__.py", "--", "run", str(SIM / "space.yaml"),
                  env=env, timeout=900)
         assert "study launcher" in out, out
-        health = sh("ray", "exec", config, f"curl -s {MLFLOW}/health", env=env)
+        health = sh(RAY, "exec", config, f"curl -s {MLFLOW}/health", env=env)
         assert "OK" in health, health
         from mlflow.tracking import MlflowClient
 
@@ -162,7 +163,7 @@ def test_ray_up_submit_and_down_on_loopback(data_root):
         assert {r.data.tags["medtune.node_ip"] for r in runs} == {"127.0.0.3", "127.0.0.4"}
         print(f"launcher: ray up -> submit -> 2 trials on 2 workers in {time.time() - started:.0f}s")
     finally:
-        sh("ray", "down", config, "-y", env=env, check=False, timeout=300)
+        sh(RAY, "down", config, "-y", env=env, check=False, timeout=300)
         pid_file = SIM / "mlflow" / "server.pid"
         if pid_file.exists():
             try:
