@@ -76,7 +76,8 @@ def depth_table(records: StudyRecords) -> pd.DataFrame:
     truncation = table["truncate_after"] if "truncate_after" in table.columns else pd.Series(None, index=table.index)
     table["kept_stages"] = [kept_stages(b, t) for b, t in zip(table["backbone"], truncation)]
     frozen = table["frozen_stages"] if "frozen_stages" in table.columns else pd.Series(0, index=table.index)
-    fractions = table["train_fraction"] if records.varied("train_fraction") else pd.Series(None, index=table.index)
+    fractions = (table["train_fraction"] if records.varied("train_fraction")
+                 else pd.Series([None] * len(table), index=table.index, dtype=object))
     table["variant"] = [f"{b} ({i}" + (f", cut after stage {int(t)}" if t is not None and not _isnan(t) else "")
                         + (f", {float(f):.0%} of train" if f is not None else "") + ")"
                         for b, i, t, f in zip(table["backbone"], table["init"], truncation, fractions)]

@@ -422,11 +422,18 @@ def uncertainty(ctx: Context) -> Section:
                              "configuration was not measured (repeat it with another `seed` to measure it).")
     spread = analysis.seed_spread(records)
     if not spread.empty:
-        section.lines.append(f"- Seed spread: {len(spread)} configurations ran with {int(spread['trials'].min())}-"
-                             f"{int(spread['trials'].max())} seeds each; the standard deviation of {records.metric} "
-                             f"across seeds has median {spread['std'].median():.4f} and maximum "
-                             f"{spread['std'].max():.4f} (largest range {(spread['high'] - spread['low']).max():.4f}). "
-                             "Differences between configurations smaller than about twice that are training noise.")
+        counts = sorted({int(n) for n in spread["trials"]})
+        seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        worst = spread["std"].idxmax()
+        worst = ", ".join(f"{k} {v}" for k, v in zip([n for n in records.searched if n != "seed"],
+                                                       worst if isinstance(worst, tuple) else (worst,)))
+        section.lines.append(f"- Seed spread: {len(spread)} configurations ran with {seeds} seeds each; the standard "
+                             f"deviation of {records.metric} across seeds has median {spread['std'].median():.4f} "
+                             f"and maximum {spread['std'].max():.4f} ({worst}; range "
+                             f"{spread.loc[spread['std'].idxmax(), 'low']:.4f}-"
+                             f"{spread.loc[spread['std'].idxmax(), 'high']:.4f}). Differences between "
+                             "configurations smaller than about twice the median are within training noise; a "
+                             "large maximum means some configuration is unstable (a seed that failed to train).")
         if section.finding:
             section.finding += f"; the seed-to-seed standard deviation is about {spread['std'].median():.3f}"
     head = table.head(min(5, len(table)))
