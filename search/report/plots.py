@@ -34,6 +34,16 @@ def save(fig: Any, path: Path) -> Path:
     return path
 
 
+def finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, grid and legend a one-axes figure, then :func:`save` it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
 def transfer_plot(table: pd.DataFrame, best: pd.DataFrame, metric: str, path: Path) -> Path:
     """Study metric vs training fraction for scratch and pretrained trials (all trials faint, best as lines)."""
     plt = _plt()
@@ -49,12 +59,7 @@ def transfer_plot(table: pd.DataFrame, best: pd.DataFrame, metric: str, path: Pa
     fractions = sorted(table["train_fraction"].astype(float).unique())
     ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
     ax.minorticks_off()
-    ax.set_xlabel("training-set fraction")
-    ax.set_ylabel(f"{metric} (validation)")
-    ax.set_title("scratch vs pretrained")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save(fig, path)
+    return finish(fig, ax, path, "training-set fraction", f"{metric} (validation)", "scratch vs pretrained")
 
 
 def frozen_plot(best: pd.DataFrame, metric: str, path: Path) -> Path:
@@ -68,12 +73,8 @@ def frozen_plot(best: pd.DataFrame, metric: str, path: Path) -> Path:
         extraction = line[line["regime"] == "feature extraction"]
         ax.scatter(extraction["frozen_stages"].astype(int), extraction["value"], s=120, facecolors="none",
                    edgecolors=handle.get_color())
-    ax.set_xlabel("frozen stages (0 = fine-tune all; circled = feature extraction)")
-    ax.set_ylabel(f"best {metric} (validation)")
-    ax.set_title("how deep to fine-tune")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save(fig, path)
+    return finish(fig, ax, path, "frozen stages (0 = fine-tune all; circled = feature extraction)",
+                  f"best {metric} (validation)", "how deep to fine-tune")
 
 
 def truncation_plot(best: pd.DataFrame, metric: str, path: Path) -> Path:
@@ -177,12 +178,8 @@ def curves_plot(records: StudyRecords, top: list[str], path: Path) -> Path:
         row = table.loc[run_id]
         ax.plot(series.index, series.values, "o-", markersize=3, linewidth=1.5, zorder=3,
                 label=f"{row['trial_id']} ({row['value']:.4f})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{records.metric} (validation)")
-    ax.set_title("learning curves: top trials in colour, others grey")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return save(fig, path)
+    return finish(fig, ax, path, "epoch", f"{records.metric} (validation)",
+                  "learning curves: top trials in colour, others grey")
 
 
 def _natural(label: str) -> tuple:
