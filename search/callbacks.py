@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -88,10 +89,12 @@ class MlflowTrialLogger(Callback):
         self._orphans_checked = False
         self._ended: set[str] = set()
         self._nodes: dict[str, list[str]] = {}
+        self._plotter: ThreadPoolExecutor | None = None
+        self._plots: list[Future] = []
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "_runs": {}, "_logged": {}, "_last": {}, "_best": {},
-                "_orphans_checked": False, "_ended": set(), "_nodes": {}}
+                "_orphans_checked": False, "_ended": set(), "_nodes": {}, "_plotter": None, "_plots": []}
 
     @property
     def client(self) -> MlflowClient:
@@ -136,13 +139,17 @@ class MlflowTrialLogger(Callback):
         """Close the runs of trials the time budget cut off (Tune reports no completion).
 
         Without a spent budget the study was interrupted (Ctrl-C): those runs stay
-        ``running`` so that ``--resume`` continues them.
+        ``running`` so that ``--resume`` continues them. Either way, the plots still being
+        drawn are finished before the study returns.
         """
-        if not self.budget_s or time.time() - self._started < 0.98 * self.budget_s:
-            return
-        for trial in trials:
-            if trial.trial_id in self._runs and trial.trial_id not in self._ended:
-                self._close(trial, "stopped_early", int((trial.last_result or {}).get("epoch", 0)), "time budget")
+        try:
+            if not self.budget_s or time.time() - self._started < 0.98 * self.budget_s:
+                return
+            for trial in trials:
+                if trial.trial_id in self._runs and trial.trial_id not in self._ended:
+                    self._close(trial, "stopped_early", int((trial.last_result or {}).get("epoch", 0)), "time budget")
+        finally:
+            self.wait_for_plots()
 
     def on_step_begin(self, iteration, trials, **info) -> None:
         if not self._orphans_checked:
@@ -181,16 +188,16 @@ class MlflowTrialLogger(Callback):
         self._ended.add(trial.trial_id)
         return True
 
-    def _tag_node(self, trial, run_id: str, result: dict[str, Any]) -> None:
-        """Tag the run with the Ray node (and IP) the trial runs on, when it changes: a
-        trial that lost its node and resumed elsewhere lists both in ``medtune.nodes``."""
+    def _node_tags(self, trial, result: dict[str, Any]) -> list[RunTag]:
+        """Tags naming the Ray node (and IP) the trial runs on, when it changes: a trial
+        that lost its node and resumed elsewhere lists both in ``medtune.nodes``."""
         node = result.get("node_id")
         nodes = self._nodes.setdefault(trial.trial_id, [])
         if not isinstance(node, str) or (nodes and nodes[-1] == node):
-            return
+            return []
         nodes.append(node)
-        self.client.log_batch(run_id, tags=[RunTag(NODE_TAG, node), RunTag(NODES_TAG, ",".join(nodes)),
-                                            RunTag("medtune.node_ip", str(result.get("node_ip", "")))])
+        return [RunTag(NODE_TAG, node), RunTag(NODES_TAG, ",".join(nodes)),
+                RunTag("medtune.node_ip", str(result.get("node_ip", "")))]
 
     def _best_so_far(self, trial_id: str, run_id: str) -> None:
         """After a resume: the best epoch logged before the restart (its plots are not
@@ -207,12 +214,15 @@ class MlflowTrialLogger(Callback):
             return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self._last[trial.trial_id] = result
-        self._tag_node(trial, run_id, result)
+        tags = self._node_tags(trial, result)
         if epoch <= self._logged.get(trial.trial_id, 0):
+            if tags:
+                self.client.log_batch(run_id, tags=tags)
             return  # already logged before a restart from an earlier checkpoint
         stamp = now_ms()
         metrics = [Metric(k, v, stamp, epoch) for k, v in finite_metrics(result, EPOCH_METRICS).items()]
-        self.client.log_batch(run_id, metrics=metrics)
+        # Metrics and node tags in one write: each MLflow call blocks Tune's event loop.
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self._logged[trial.trial_id] = epoch
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
@@ -238,13 +248,15 @@ class MlflowTrialLogger(Callback):
         if state == "stopped_early":
             tags["medtune.stopped_by"] = stopped_by
         best = self._best.get(trial.trial_id)
+        metrics: list[Metric] = []
         if best is not None:
             value, best_epoch, checkpoint = best
             tags.update({"medtune.best_epoch": str(best_epoch), f"medtune.best_{self.metric}": f"{value:.6f}"})
-            self.client.log_metric(run_id, f"best_{self.metric}", value, step=best_epoch)
+            metrics.append(Metric(f"best_{self.metric}", value, now_ms(), best_epoch))
             if checkpoint is not None:
-                self._log_best_plots(run_id, checkpoint)
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+                self._plot_later(run_id, checkpoint)
+        # One write for the metric and the tags: each MLflow call blocks Tune's event loop.
+        self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -255,6 +267,29 @@ class MlflowTrialLogger(Callback):
         self.client.log_batch(run_id, tags=[RunTag(STATE_TAG, "errored"), RunTag("medtune.error", error_reason(error))])
         self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
+
+    def _plot_later(self, run_id: str, checkpoint) -> None:
+        """Draw and log the best epoch's plots on a background thread.
+
+        Drawing two PNGs and logging them takes ~0.2 s; in Tune's event loop that would
+        hold every finished trial's slot idle meanwhile. One thread keeps matplotlib
+        single-threaded; :meth:`wait_for_plots` joins it at the end of the study.
+        """
+        if self._plotter is None:
+            self._plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medtune-plots")
+        self._plots.append(self._plotter.submit(self._log_best_plots, run_id, checkpoint))
+
+    def wait_for_plots(self) -> None:
+        """Block until every queued plot is logged; a failed plot is reported, not raised."""
+        for future in self._plots:
+            try:
+                future.result()
+            except Exception as err:  # plots are a convenience: never fail a finished study for one
+                print(f"medtune: could not log a trial's ROC/confusion plots ({err!r})", file=sys.stderr)
+        self._plots = []
+        if self._plotter is not None:
+            self._plotter.shutdown(wait=True)
+            self._plotter = None
 
     def _log_best_plots(self, run_id: str, checkpoint) -> None:
         try:

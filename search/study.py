@@ -115,6 +115,10 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
     # (see search.trainable.train); Tune's strict check would stop the whole study.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import mlflow  # noqa: F401  (import before Ray workers fork: slow import, once)
+
+    from search.tracking import preload_plotting
+
+    preload_plotting()  # before the trials: at the first trial's end it would stall them
     import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ def train(config: dict[str, Any], data: ImageDataset, fixed: dict[str, Any],
             resume = Path(checkpoint.to_directory(os.path.join(tmp, "resume")))
 
         def report(metrics: dict[str, float], directory: Path | None) -> None:
-            tune.report({**metrics, "node_id": node_id}, checkpoint=Checkpoint.from_directory(str(directory)) if directory else None)
+            # reported_at: Tune's own ``timestamp`` is whole seconds; benchmarks need finer.
+            tune.report({**metrics, "node_id": node_id, "reported_at": time.time()},
+                        checkpoint=Checkpoint.from_directory(str(directory)) if directory else None)
 
         run_trial(settings, data, report=report, checkpoint_dir=os.path.join(tmp, "checkpoint"), resume_from=resume)
