@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--time-budget", help="wall-clock budget, e.g. 45m or 2h (overrides tune.time_budget)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    run.add_argument("--storage", help=STORAGE_HELP)
+    run.add_argument("--storage", help=STORAGE_HELP[:-1] + "; on a multi-node cluster a URI every node reaches, "
+                     "e.g. s3://BUCKET/studies, or a shared mount)")
     run.add_argument("--num-cpus", type=int, help="CPUs Ray may use in local mode (default: all)")
     run.set_defaults(func=_run)
 
