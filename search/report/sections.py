@@ -97,10 +97,11 @@ def budget(ctx: Context) -> Section:
     data_fraction = space.data.train_fraction if space is not None else 1.0
     image = (f"{space.data.image_size} px stored" if space is not None and space.data.image_size else "native size")
     inputs = sorted({str(v) for v in trials.get("input_size", pd.Series(dtype=object)).dropna()})
+    network = f"network input {', '.join(inputs)} px" if inputs else "network input: the crop, else the stored image"
     section.lines += [
-        f"- data: `{source}` ({image}; network input {', '.join(inputs) or 'the stored size'} px); split sizes "
+        f"- data: `{source}` ({image}; {network}); split sizes "
         + ", ".join(f"{k} {v}" for k, v in sizes.items())
-        + (f"; training subset {data_fraction:g} of train" if data_fraction < 1 else ""),
+        + (f" (train already subsampled to {data_fraction:.0%} by `data.train_fraction`)" if data_fraction < 1 else ""),
         f"- training fraction per trial: {', '.join(f'{f:g}' for f in fractions) or '1'}",
         f"- search: {params.get('algorithm', '?')}, num_samples {params.get('num_samples', '?')}, "
         f"time budget {params.get('time_budget', 'None')}, scheduler {params.get('scheduler', '?')}, "
@@ -136,9 +137,10 @@ def leaderboard(ctx: Context) -> Section:
     header = ["rank", "trial", f"{records.metric}", "epoch", "state", *records.searched]
     rows = [[str(i + 1), f"`{row['trial_id']}`", f"{row['value']:.4f}", fmt_int(row["best_epoch"]),
              row["state"].replace("_", " ") + (f" at {row['epochs_run']}" if row["state"] == "stopped_early" else ""),
-             *[row.get(n) for n in records.searched]] for i, (_, row) in enumerate(shown.iterrows())]
+             *[row.get(n) if n in row["sampled"] else "-" for n in records.searched]]
+            for i, (_, row) in enumerate(shown.iterrows())]
     section.lines.append(f"Top {len(shown)} of {len(table)} finished trials by validation {records.metric} "
-                         "(best epoch of each trial):")
+                         "(best epoch of each trial; `-`: not sampled for that trial, its condition did not hold):")
     section.lines += [""] + markdown_table(header, rows)
     test = {k: records.parent_metrics[k] for k in TEST_KEYS if k in records.parent_metrics}
     exported = records.parent_tags.get("medtune.export.trial_id")
@@ -193,7 +195,9 @@ def transfer(ctx: Context) -> Section:
                   "validation metric vs training fraction, scratch vs pretrained")
     if gaps:
         wins = [f for f, g in gaps if g > 0]
-        text = (f"Pretrained weights beat scratch at {len(wins)} of {len(gaps)} training fractions"
+        text = (f"Pretrained weights {'beat' if wins else 'did not beat'} scratch" if len(gaps) == 1 else
+                f"Pretrained weights beat scratch at {len(wins)} of {len(gaps)} training fractions")
+        text = (text
                 + (f" (gap {gaps[0][1]:+.3f} at {gaps[0][0]:g} vs {gaps[-1][1]:+.3f} at {gaps[-1][0]:g} of the data)"
                    if len(gaps) > 1 else f" (gap {gaps[0][1]:+.3f})") + ".")
         if len(gaps) > 1:
