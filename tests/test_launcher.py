@@ -60,11 +60,11 @@ def ray_processes() -> list[str]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if "/raylet/raylet" in cmdline or "gcs_server" in cmdline:
-                found.append(f"{entry.name}: {cmdline[:120]}")
+            if os.path.basename(argv[0]) in ("raylet", "gcs_server"):
+                found.append(f"{entry.name}: {' '.join(argv)[:120]}")
     return found
 
 
