@@ -93,8 +93,10 @@ def test_report_sections_numbers_plots_and_artifacts(study, monkeypatch):
     stopped = sum(c.data.tags["medtune.state"] == "stopped_early" for c in children)
     assert stopped >= 1 and f"ASHA stopped {stopped} at epoch 1" in text
 
-    # Feature extraction (frozen_stages 3 = every cnn3 stage) is compared with fine-tuning.
-    assert re.search(r"^\| cnn3 \(scratch\) \| 0\.\d{4} \| 0\.\d{4} \| [+-]0\.\d{4} \|", text, re.M)
+    # Feature extraction (frozen_stages 3 = every cnn3 stage) is compared with fine-tuning, per training fraction.
+    for fraction in ("5%", "15%"):
+        assert re.search(rf"^\| cnn3 \(scratch, {fraction} of train\) \| 0\.\d+ \| 0\.\d+ \| [+-]0\.\d{{4}} \|",
+                         text, re.M), fraction
     # Uncertainty: a bootstrap interval around the best trial's AUC from its saved predictions.
     low, high = map(float, re.search(r"95% bootstrap interval \[([0-9.]+), ([0-9.]+)\]", text).groups())
     assert low < float(rows[0][2]) < high
