@@ -36,8 +36,13 @@ def stage_limits(values: dict[str, Any]) -> dict[str, int]:
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | None = None) -> Any:
-    """Ask Optuna for one value of ``dist``; ``upper`` clips an integer range's top."""
+    """Ask Optuna for one value of ``dist``; ``upper`` clips an integer value (range or choice)."""
     if dist.kind == "choice":
+        if upper is not None:
+            value = trial.suggest_categorical(name, list(dist.values))
+            # A stage index listed as a choice (truncate_after: [2, 3, 5]) may exceed what this
+            # backbone has: keep its deepest valid stage, as for an int range; null stays null.
+            return min(value, upper) if isinstance(value, int) and not isinstance(value, bool) else value
         # Optuna's categorical values must be None/bool/int/float/str: index lists (head widths).
         if any(isinstance(v, tuple) for v in dist.values):
             labels = [str(list(v)) if isinstance(v, tuple) else str(v) for v in dist.values]

@@ -157,3 +157,28 @@ def test_shipped_spaces_only_propose_valid_trials(tmp_path):
             elif checked < grid_size(space):  # GridSampler stops the study after its last point
                 study.tell(trial, 0.5)
         assert checked == (grid_size(space) if grid else 40), path
+
+
+def test_stage_choices_are_clipped_to_the_sampled_backbone(tmp_path):
+    """``truncate_after`` / ``frozen_stages`` listed as choices beyond cnn3's 3 stages run as its deepest stage."""
+    import optuna
+
+    from search.sampling import DefineByRun
+    from trainables.config import TrialConfig
+    from trainables.models import check_model_config
+
+    text = GOOD.replace("frozen_stages: {int: [0, 5]}",
+                        "truncate_after: {choice: [null, 2, 4]}\n  frozen_stages: {choice: [0, 3, 5]}")
+    space = load_space(write(tmp_path, text))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        clipped = DefineByRun(space)(trial)
+        config = TrialConfig.from_dict({**space.params, **trial.params, **clipped})
+        check_model_config(config)
+        seen.add((config.backbone, config.truncate_after, config.frozen_stages))
+        study.tell(trial, 0.5)
+    assert ("cnn3", 2, 3) in seen  # truncate_after 4 -> 2 (cnn3's last stage), frozen 5 -> 3 stages kept
+    assert any(b == "resnet18" and t == 4 for b, t, _ in seen)  # resnet18 keeps 4
+    assert all(t is None or t <= 2 for b, t, _ in seen if b == "cnn3")
