@@ -33,16 +33,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import timm
-import timm.data
 import torch
 from torch import nn
 
 from trainables.models.errors import ModelError
-from trainables.models.scratch import SCRATCH_MODELS, create_scratch
+from trainables.models.scratch import SCRATCH_MODELS, ScratchCNN, create_scratch
 from trainables.models.weights import OFFLINE_PACKAGES, check_state_dict, offline_weights_file, read_state_dict
 
 PretrainedMode = Literal["none", "imagenet", "hub"]
+
+
+def _timm():  # noqa: ANN202 (the module)
+    """timm, imported on first use: a trial of a scratch baseline never needs it.
+
+    timm pulls in torchvision; together they cost a trial worker about 0.1 GB of private
+    memory and a second of start-up, once per concurrent trial (benchmarks/memory.py).
+    """
+    import timm
+    import timm.data
+
+    return timm
 
 _NONE = {"", "none", "false", "no", "0", "off", "scratch", "random"}
 _IMAGENET = {"true", "yes", "1", "on", "imagenet"}
@@ -50,7 +60,7 @@ _IMAGENET = {"true", "yes", "1", "on", "imagenet"}
 
 @functools.lru_cache(maxsize=1)
 def _all_names() -> tuple[str, ...]:
-    return tuple(sorted(timm.list_models())) + tuple(sorted(SCRATCH_MODELS))
+    return tuple(sorted(_timm().list_models())) + tuple(sorted(SCRATCH_MODELS))
 
 
 def list_backbones() -> list[str]:
@@ -63,7 +73,7 @@ def check_backbone_name(name: str) -> None:
 
     timm names may carry a pretrained tag (``resnet50.a1_in1k``).
     """
-    if name in SCRATCH_MODELS or timm.is_model(name):
+    if name in SCRATCH_MODELS or _timm().is_model(name):
         return
     close = difflib.get_close_matches(name, _all_names(), n=5, cutoff=0.6)
     hint = f"did you mean one of {close}?" if close else "no close match"
@@ -101,6 +111,7 @@ def backbone_stages(name: str) -> int:
     check_backbone_name(name)
     if name in SCRATCH_MODELS:
         return SCRATCH_MODELS[name].num_stages
+    timm = _timm()
     try:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False, num_classes=0)
@@ -184,7 +195,7 @@ def _as_tuple(value: str | Sequence[str] | None) -> tuple[str, ...]:
 def _check_file_for_timm(name: str, state: dict[str, torch.Tensor], in_chans: int, source: str) -> None:
     """Check a timm-named state dict against ``name`` before timm loads it non-strictly."""
     with torch.device("meta"):
-        reference = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+        reference = _timm().create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
     cfg = reference.pretrained_cfg
     classifiers = tuple(c + "." for c in _as_tuple(cfg.get("classifier")))
     first = tuple(c + ".weight" for c in _as_tuple(cfg.get("first_conv")))
@@ -193,7 +204,7 @@ def _check_file_for_timm(name: str, state: dict[str, torch.Tensor], in_chans: in
 
 def _timm_from_file(name: str, path: Path, in_chans: int) -> nn.Module:
     """Let timm load a checked file: it adapts the first conv and drops the classifier."""
-    return timm.create_model(
+    return _timm().create_model(
         name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=0, in_chans=in_chans
     )
 
@@ -225,6 +236,7 @@ def create_backbone(name: str, pretrained: bool | str | None, in_chans: int) -> 
             check_state_dict(state, model, str(mode))
             model.load_state_dict(state)
         return model
+    timm = _timm()
     if mode == "none":
         return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
     if isinstance(mode, Path):
@@ -295,7 +307,11 @@ def data_config(model: nn.Module, in_chans: int) -> dict:
     repeated on three channels normalised by about the mean statistics. Scratch nets
     report 0.5 / 0.25 (see :mod:`trainables.models.scratch`).
     """
-    cfg = dict(timm.data.resolve_data_config({}, model=model))
+    if isinstance(model, ScratchCNN):  # its own fixed config; spares the timm import
+        cfg = {**model.pretrained_cfg, "crop_mode": "center"}
+        cfg.pop("num_classes")
+    else:
+        cfg = dict(_timm().data.resolve_data_config({}, model=model))
     mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
     if len(mean) != in_chans:
         mean = (sum(mean) / len(mean),) * in_chans

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from timm.models._features import feature_take_indices
 from torch import nn
 
 # Scratch nets have no pretraining statistics to match. 0.5 / 0.25 maps [0, 1] pixels
@@ -66,6 +65,25 @@ def _block(in_chs: int, out_chs: int, convs: int, norm: bool) -> nn.Sequential:
             layers.append(nn.BatchNorm2d(out_chs))
     layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
+
+
+def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+    """Absolute stage indices to keep and the largest, as timm's helper of the same name.
+
+    ``None``: all stages; an int ``n``: the last ``n``; a list: those indices (negative
+    from the end). Kept here so that a scratch trial never imports timm.
+    """
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f"last-n ({indices}) is out of range (1 to {num_features})")
+        take = list(range(num_features - indices, num_features))
+    else:
+        take = [num_features + i if i < 0 else i for i in indices]
+        if not all(0 <= i < num_features for i in take):
+            raise ValueError(f"feature indices {list(indices)} out of range (0 to {num_features - 1})")
+    return take, max(take)
 
 
 class ScratchCNN(nn.Module):
