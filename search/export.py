@@ -431,7 +431,7 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     model, config = final.network, final.config
     spec = input_spec_for(config, data, model)
 
-    test, probs, labels = evaluate_split(model, spec, data, "test", config.eval_batch_size)
+    test, probs, labels = evaluate_split(model, spec, data, "test", config.eval_batch("cpu"))
     matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(data.num_classes))).tolist()
     log("test: " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in test.items()) + f"  ({len(labels)} images)")
     config_json = export_config(space, data, final, spec, study, best)

@@ -104,7 +104,8 @@ class TrialConfig:
         regularisers on the dense layers only), lr_ratio (learning rate of the first backbone stage / the head's; stages
         in between are interpolated geometrically), schedule with warmup_epochs,
         step_size, gamma, milestones, min_lr_ratio, plateau_patience, batch_size,
-        epochs, class_weighting (``balanced`` weights the loss by inverse class frequency).
+        epochs, class_weighting (``balanced`` weights the loss by inverse class frequency),
+        eval_batch_size (``None``: see :meth:`eval_batch`).
     Data:
         train_fraction: stratified, seeded subsample of the training split for this trial
             (searchable: training-set-size studies); nested, so 0.05 is inside 0.2.
@@ -149,7 +150,7 @@ class TrialConfig:
     min_lr_ratio: float = 0.0
     plateau_patience: int = 2
     batch_size: int = 64
-    eval_batch_size: int = 256
+    eval_batch_size: int | None = None
     epochs: int = 10
     class_weighting: Literal["none", "balanced"] = "none"
 
@@ -164,6 +165,18 @@ class TrialConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def eval_batch(self, device_type: str) -> int:
+        """Images per evaluation batch: ``eval_batch_size``, or by device when it is ``None``.
+
+        On a GPU, 4x the training batch (at least 256): evaluation keeps no activations for
+        backward, so bigger batches fill the device. On the CPU, the training batch: a
+        bigger one is no faster there, and a 256-image batch of a scratch CNN's activations
+        at 64 px holds about 0.2 GB more per concurrent trial (benchmarks/memory.py).
+        """
+        if self.eval_batch_size is not None:
+            return self.eval_batch_size
+        return max(256, 4 * self.batch_size) if device_type == "cuda" else self.batch_size
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
@@ -202,6 +215,8 @@ class TrialConfig:
             (self.lr > 0, "lr", self.lr, "a positive learning rate, e.g. 1e-3"),
             (self.lr_ratio > 0, "lr_ratio", self.lr_ratio, "a positive ratio (1.0 = one lr everywhere)"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size,
+             "null (automatic) or an integer >= 1"),
             (self.epochs >= 1, "epochs", self.epochs, "an integer >= 1"),
             (0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a value in [0, 1)"),
             (self.l1 >= 0 and self.l2 >= 0, "l1/l2", (self.l1, self.l2), "non-negative penalties"),

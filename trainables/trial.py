@@ -260,8 +260,8 @@ def split_metrics(model: TransferModel, images: torch.Tensor, data: ImageDataset
 def evaluate(state: TrialState, config: TrialConfig, images: torch.Tensor, data: ImageDataset,
              split: str = "val") -> tuple[dict[str, float], np.ndarray]:
     """:func:`split_metrics` of a running trial."""
-    return split_metrics(state.model, images, data, split, state.input_spec, state.device, config.eval_batch_size,
-                         state.compute)
+    return split_metrics(state.model, images, data, split, state.input_spec, state.device,
+                         config.eval_batch(state.device.type), state.compute)
 
 
 def run_trial(
