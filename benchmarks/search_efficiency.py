@@ -11,9 +11,12 @@ trial started. The score:
     -------------------------------------------------------------------------  <= 1/3 (target)
     time random needs to reach it
 
+One seed is one paired comparison (both arms share ``tune.seed``, so TPE's random start-up
+trials equal random search's first trials); ``--seeds`` repeats it with other seeds, each in
+``<workdir>/seed-<n>``, and the report judges the median ratio.
+
 Usage (each arm is one ``search run``; run them under the CPU lock, one at a time):
-    python benchmarks/search_efficiency.py run --arm asha --workdir /tmp/medtune-search-eff
-    python benchmarks/search_efficiency.py run --arm random --workdir /tmp/medtune-search-eff
+    python benchmarks/search_efficiency.py run --seeds 0 1 2 --workdir /tmp/medtune-search-eff
     python benchmarks/search_efficiency.py report --workdir /tmp/medtune-search-eff --write-docs
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -40,11 +44,11 @@ ARMS = {
 }
 
 
-def arm_space(arm: str, budget: str | None, workdir: Path) -> Path:
-    """The benchmark space with the arm's algorithm/scheduler (and budget) written to ``workdir``."""
+def arm_space(arm: str, budget: str | None, workdir: Path, seed: int) -> Path:
+    """The benchmark space with the arm's algorithm/scheduler, seed (and budget) written to ``workdir``."""
     raw = yaml.safe_load(SPACE.read_text())
     raw["name"] = f"search-efficiency-{arm}"
-    raw["tune"].update(ARMS[arm]["tune"])
+    raw["tune"].update(ARMS[arm]["tune"], seed=seed)
     if budget:
         raw["tune"]["time_budget"] = budget
     raw["scheduler"] = {**raw.get("scheduler", {}), **ARMS[arm]["scheduler"]}
@@ -55,9 +59,10 @@ def arm_space(arm: str, budget: str | None, workdir: Path) -> Path:
     return path
 
 
-def run_arm(arm: str, workdir: Path, budget: str | None, cpus: int | None) -> None:
+def run_arm(arm: str, workdir: Path, budget: str | None, cpus: int | None, seed: int) -> None:
+    """One arm of one seed as a ``search run`` in a subprocess, with its own MLflow database."""
     workdir.mkdir(parents=True, exist_ok=True)
-    space = arm_space(arm, budget, workdir)
+    space = arm_space(arm, budget, workdir, seed)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / f'mlflow-{arm}.db'}"}
     command = [sys.executable, "-m", "search.cli", "run", str(space), "--storage", str(workdir / "studies")]
     if cpus:
@@ -110,7 +115,7 @@ def plot(curves: dict[str, list[tuple[float, float]]], stats: dict, target_value
     ax.axhline(target_value, color="grey", linestyle=":", linewidth=1, label="random's final best")
     ax.set_xlabel("minutes since the first trial started")
     ax.set_ylabel("best validation AUC so far")
-    ax.set_title("PCam (10% train), cnn3: ASHA + TPE vs random search, same budget")
+    ax.set_title("PCam, cnn3: ASHA + TPE vs random search, same budget")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     low = min(v for points in curves.values() for _, v in points)
@@ -121,52 +126,77 @@ def plot(curves: dict[str, list[tuple[float, float]]], stats: dict, target_value
     plt.close(fig)
 
 
-def report(workdir: Path, write_docs: bool) -> None:
+def compare(workdir: Path) -> dict:
+    """One seed's two curves, stats, random's final best and the time ratio (None: never reached)."""
     curves, stats = {}, {}
     for arm in ARMS:
         curves[arm], stats[arm] = curve(workdir / "studies" / f"search-efficiency-{arm}")
     goal = stats["random"]["best"]
-    t_random = time_to_reach(curves["random"], goal)
-    t_asha = time_to_reach(curves["asha"], goal)
-    ratio = None if t_asha is None else t_asha / t_random
-    summary = {"random_best": goal, "t_random_s": t_random, "t_asha_s": t_asha, "ratio": ratio, "stats": stats}
-    print(json.dumps(summary, indent=1))
-    plot(curves, stats, goal, PLOT)
+    t_random, t_asha = time_to_reach(curves["random"], goal), time_to_reach(curves["asha"], goal)
+    loads = {arm: (workdir / f"load-{arm}.txt").read_text() if (workdir / f"load-{arm}.txt").exists() else "?"
+             for arm in ARMS}
+    return {"curves": curves, "stats": stats, "goal": goal, "t_random": t_random, "t_asha": t_asha,
+            "ratio": None if t_asha is None else t_asha / t_random, "loads": loads,
+            "seed": yaml.safe_load((workdir / "space-asha.yaml").read_text())["tune"]["seed"]}
+
+
+def seed_dirs(workdir: Path) -> list[Path]:
+    """``<workdir>/seed-<n>`` folders in seed order, or ``workdir`` itself for a single-seed run."""
+    found = sorted(workdir.glob("seed-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found or [workdir]
+
+
+def report(workdir: Path, write_docs: bool) -> None:
+    runs = [compare(d) for d in seed_dirs(workdir)]
+    ratios = [r["ratio"] if r["ratio"] is not None else float("inf") for r in runs]
+    median = statistics.median(ratios)
+    print(json.dumps([{k: v for k, v in r.items() if k != "curves"} for r in runs] + [{"median_ratio": median}],
+                     indent=1, default=str))
+    shown = runs[sorted(range(len(runs)), key=lambda i: ratios[i])[len(runs) // 2]]  # the median seed
+    plot(shown["curves"], shown["stats"], shown["goal"], PLOT)
     print(f"wrote {PLOT}")
     if not write_docs:
         return
-    budget = yaml.safe_load((workdir / "space-asha.yaml").read_text())["tune"]["time_budget"]
-    loads = {arm: (workdir / f"load-{arm}.txt").read_text() if (workdir / f"load-{arm}.txt").exists() else "?"
-             for arm in ARMS}
-    verdict = ("not reached within the budget: NOT met" if ratio is None
-               else f"**{ratio:.2f}** ({'met' if ratio <= TARGET else 'NOT met'}, target <= 0.33)")
-    rows = [[ARMS[arm]["label"], stats[arm]["trials"], stats[arm]["epochs"], f"{stats[arm]['best']:.4f}",
-             f"{time_to_reach(curves[arm], goal):.0f} s" if time_to_reach(curves[arm], goal) is not None else "never",
-             loads[arm]] for arm in ARMS]
+    raw = yaml.safe_load((seed_dirs(workdir)[0] / "space-asha.yaml").read_text())
+    budget, sched = raw["tune"]["time_budget"], raw["scheduler"]
+    verdict = (f"**{median:.2f}**" if median != float("inf") else "**never**") + (
+        f" ({'met' if median <= TARGET else 'NOT met'}, target <= 0.33)")
+    rows = []
+    for r in runs:
+        for arm in ARMS:
+            reach = time_to_reach(r["curves"][arm], r["goal"])
+            rows.append([r["seed"], ARMS[arm]["label"], r["stats"][arm]["trials"], r["stats"][arm]["epochs"],
+                         f"{r['stats'][arm]['best']:.4f}", f"{reach:.0f} s" if reach is not None else "never",
+                         "" if arm == "random" else (f"**{r['ratio']:.2f}**" if r["ratio"] is not None else "never"),
+                         r["loads"][arm]])
+    params, data = raw["params"], raw["data"]
+    searched = ", ".join(f"{k} {v['choice']}" if "choice" in v else k for k, v in raw["search"].items())
     write_section("search-efficiency", f"""## Search efficiency: ASHA + TPE vs random search (issue E.3)
 
-Space `benchmarks/spaces/search_efficiency.yaml`: PCam, 10% of the training split (about 2,000
-patches), validation on all 2,987 validation patches every epoch; scratch `cnn3`, `precision: bf16`;
-searched: crop 32/48/64/96, optimizer, lr, batch size, dropout, head; up to 9 epochs. Each arm gets
-the same wall-clock budget of {budget} (Tune's `time_budget`) on the same 2 CPUs (1 CPU per trial),
-one after the other. ASHA: grace 1 epoch, reduction factor 3 (rungs at 1, 3, 9 epochs).
+Space `benchmarks/spaces/search_efficiency.yaml`: PCam decoded at {data.get("image_size") or 96} px,
+{data.get("train_fraction", 1):.0%} of the training split, validation on the whole validation split every
+epoch; scratch `{params["backbone"]}`, precision `{params.get("precision", "auto")}`; searched: {searched};
+up to {params["epochs"]} epochs. Each arm gets the same wall-clock budget of {budget} (Tune's `time_budget`)
+on the same 2 CPUs ({raw["resources"]["cpus"]} CPU per trial), one after the other; each seed is a pair of
+runs. ASHA: grace {sched.get("grace_period")} epoch, reduction factor {sched.get("reduction_factor")}.
 
-{table(["arm", "trials", "epochs trained", "best val AUC", "time to random's final best", "load avg before / after"], rows)}
+{table(["seed", "arm", "trials", "epochs trained", "best val AUC", "time to random's final best",
+        "ratio", "load avg before / after"], rows)}
 
-Measured with `python benchmarks/search_efficiency.py run --arm asha --workdir {workdir} --budget {budget}`,
-the same with `--arm random`, each under `flock /tmp/medtune-cpu.lock`, then the `report` command below.
-
-Time ASHA + TPE needs to reach random search's final best ({goal:.4f}) / time random needs:
-{verdict}. Times count from each arm's first trial start.
+Time ASHA + TPE needs to reach random search's final best / time random needs, median over
+{len(runs)} seed(s): {verdict}. Times count from each arm's first trial start.
 
 ![best-so-far validation AUC vs time](benchmarks/search_efficiency.png)
 
-Both arms use `tune.seed: 0`, and TPE's first `startup_trials` (5) proposals are Optuna's seeded
-random draws, so both start with the same configurations (the curves coincide for the first half
-minute): a paired comparison. After that ASHA stops weak trials at 1 and 3 epochs and TPE models
-the results, so the ASHA arm tries {stats['asha']['trials']} configurations where random runs
-{stats['random']['trials']}. One run per arm and one seed: the ratio moves with the seed and the
-budget. Machine: {machine()}.""")
+The plot shows the median seed ({shown["seed"]}). Within a seed both arms share `tune.seed`, and
+TPE's first `startup_trials` proposals are Optuna's seeded random draws, so both arms start with
+the same configurations (the curves coincide at first): a paired comparison. After that ASHA
+stops weak trials at its rungs and TPE models the results, so the ASHA arm tries more
+configurations in the same time. The ratio moves with the seed and the budget, hence the median.
+
+Measured with `python benchmarks/search_efficiency.py run --seeds {" ".join(str(r["seed"]) for r in runs)} --budget {budget} --workdir {workdir}`
+with nothing else heavy running, then `python benchmarks/search_efficiency.py report --workdir {workdir} --write-docs`.
+Machine: {machine()}.""")
 
 
 def main() -> None:
@@ -177,14 +207,18 @@ def main() -> None:
     run.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-search-efficiency"))
     run.add_argument("--budget", help="override the space's time_budget, e.g. 6m")
     run.add_argument("--num-cpus", type=int)
+    run.add_argument("--seeds", type=int, nargs="+", default=[0],
+                     help="tune.seed of each paired run; several go to <workdir>/seed-<n>")
     rep = sub.add_parser("report", help="compare the two arms, plot, and optionally write the docs")
     rep.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-search-efficiency"))
     rep.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("MEDTUNE_DATA", str(ROOT.parent / "shared" / "data"))
     if args.command == "run":
-        for arm in (ARMS if args.arm == "both" else [args.arm]):
-            run_arm(arm, args.workdir, args.budget, args.num_cpus)
+        for seed in args.seeds:
+            folder = args.workdir / f"seed-{seed}" if len(args.seeds) > 1 else args.workdir
+            for arm in (ARMS if args.arm == "both" else [args.arm]):
+                run_arm(arm, folder, args.budget, args.num_cpus, seed)
     else:
         report(args.workdir, args.write_docs)
 
