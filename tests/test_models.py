@@ -627,3 +627,15 @@ def test_linear_probe_pneumoniamnist_pretrained_beats_random() -> None:
     print(f"linear probe val AUC: imagenet {aucs[True]:.4f}, random {aucs[False]:.4f}")
     assert aucs[True] > 0.95
     assert aucs[True] > aucs[False] + 0.01, aucs
+
+
+def test_scratch_data_config_without_timm_equals_timms():
+    """The scratch nets' own input config (no timm import) is what timm would resolve."""
+    import timm.data
+
+    from trainables.models.backbone import data_config
+    from trainables.models.scratch import create_scratch
+
+    for in_chans in (1, 3):
+        model = create_scratch("cnn9", in_chans=in_chans)
+        assert data_config(model, in_chans) == dict(timm.data.resolve_data_config({}, model=model))

@@ -54,6 +54,7 @@ def _timm():  # noqa: ANN202 (the module)
 
     return timm
 
+
 _NONE = {"", "none", "false", "no", "0", "off", "scratch", "random"}
 _IMAGENET = {"true", "yes", "1", "on", "imagenet"}
 
