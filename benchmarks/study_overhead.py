@@ -197,7 +197,10 @@ overhead shows.
 
 Driver time in Tune's event loop delays trial starts and reports: it is part of the scheduling
 gap, not extra to it (the ROC/confusion plots of each trial are drawn on a background thread,
-listed for completeness; `on_experiment_end` waits for them). Machine: {machine()}. Load average before / after: {loads[0]} / {loads[1]}."""
+listed for completeness; `on_experiment_end` waits for them). The model build of the first trial
+in each (reused) trial worker includes torch's first-use imports (`torch._dynamo`, pulled in by
+the first optimizer, about 2 s); a scratch-CNN worker no longer imports timm at start, which
+used to load them before any trial. Machine: {machine()}. Load average before / after: {loads[0]} / {loads[1]}."""
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ final model (``search best --export``).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import random
 import time
@@ -264,6 +266,28 @@ def evaluate(state: TrialState, config: TrialConfig, images: torch.Tensor, data:
                          config.eval_batch(state.device.type), state.compute)
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to call
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A training pass frees its activations, but glibc keeps the freed pages of its arenas
+    mapped, so a trial worker would hold its peak between passes and after the trial (a
+    `cnn3` trial in a Tune worker: 0.61 GB of private memory after the trial, 0.48 GB with
+    trimming). Concurrent trials whose peaks do not coincide then share the node's memory;
+    trials started together and run in step peak together anyway. It costs milliseconds.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def run_trial(
     config: TrialConfig,
     data: ImageDataset,
@@ -296,7 +320,9 @@ def run_trial(
         started = time.perf_counter()
         train_loss, seen = train_epoch(state, config, images, data)
         train_seconds = time.perf_counter() - started
+        release_free_memory()
         metrics, probs = evaluate(state, config, images, data, "val")
+        release_free_memory()
         state.schedule.end_epoch(metrics["val_loss"])
         state.epoch += 1
         metrics.update(
