@@ -210,8 +210,9 @@ with `torch.from_numpy` (no copy, checked in `tests/test_trial.py`) and batches 
 by index. What each extra trial adds, {gib(per_trial)} of PSS, is its own process: Python, torch
 and Ray's worker runtime (0.37 GB of private memory right after the imports, measured alone in a
 Tune worker; 0.26 GB of it is `import torch`, largely Python objects of torch's own modules)
-plus the training heap (about 0.35 GB for `cnn3` at batch 64 and 64 px: the activations kept
-for backward). Two cuts went in for this: a scratch-CNN trial no longer imports timm,
+plus `torch._dynamo`, which the first optimizer imports (0.08 GB private, 0.07 GB of library
+pages), and the training heap (about 0.3 GB for `cnn3` at batch 64 and 64 px: the activations
+kept for backward). Two cuts went in for this: a scratch-CNN trial no longer imports timm,
 torchvision, scikit-learn or SciPy (0.16 GB; metrics are NumPy, timm loads on first use), and
 on the CPU evaluation runs in training-sized batches instead of 256 (0.2 GB less at the peak,
 and faster). The ratio is met when an extra trial costs at most
