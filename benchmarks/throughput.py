@@ -58,7 +58,7 @@ from trainables.data import ImageDataset, load_dataset  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 from trainables.optim import build_optimizer  # noqa: E402
 from trainables.augment import prepare_batch  # noqa: E402
-from trainables.trial import ComputeFormat, build_trial, images_tensor, train_epoch  # noqa: E402
+from trainables.trial import ComputeFormat, build_trial, images_tensor, train_epoch, train_step  # noqa: E402
 
 PCAM = "pcam/pcam_26k_96px.zip"
 TARGETS = {"cnn3": 2.0, "tf_efficientnet_lite0": 1.2}
@@ -154,7 +154,7 @@ CEILING = "model step alone (no data pipeline: the ceiling)"
 
 
 def ceiling_arm(config: TrialConfig, data: ImageDataset, indices: np.ndarray, threads: int) -> Arm:
-    """The default trainable's forward + backward + optimizer step on one batch made once.
+    """The default trainable's own ``train_step`` on one batch made once.
 
     No decoding, gathering or augmentation at all: the images/s no data pipeline can beat
     with this model, precision and memory format. Its ratio to the conventional pipeline is
@@ -171,13 +171,8 @@ def ceiling_arm(config: TrialConfig, data: ImageDataset, indices: np.ndarray, th
     def epoch(limit: int | None) -> int:
         state.model.train()
         steps = len(indices) // config.batch_size if limit is None else limit
-        for _ in range(steps):
-            with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=state.compute.bf16):
-                logits = state.model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
+        for step in range(steps):
+            train_step(state, config, x, y, step)
         return steps * config.batch_size
 
     return Arm(CEILING, threads, epoch, state.device)

@@ -36,13 +36,19 @@ def stage_limits(values: dict[str, Any]) -> dict[str, int]:
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | None = None) -> Any:
-    """Ask Optuna for one value of ``dist``; ``upper`` clips an integer value (range or choice)."""
+    """Ask Optuna for one value of ``dist``; ``upper`` caps an integer value (range or choice).
+
+    A stage index beyond what the sampled backbone has (``truncate_after: {choice: [2, 5]}``
+    or ``{int: [0, 5]}`` with cnn3's 3 stages) becomes its deepest valid stage; null stays null.
+    """
+    value = _suggest(trial, name, dist, upper)
+    if upper is not None and isinstance(value, int) and not isinstance(value, bool):
+        return min(value, upper)  # GridSampler returns its grid value even outside the range asked for
+    return value
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | None) -> Any:
     if dist.kind == "choice":
-        if upper is not None:
-            value = trial.suggest_categorical(name, list(dist.values))
-            # A stage index listed as a choice (truncate_after: [2, 3, 5]) may exceed what this
-            # backbone has: keep its deepest valid stage, as for an int range; null stays null.
-            return min(value, upper) if isinstance(value, int) and not isinstance(value, bool) else value
         # Optuna's categorical values must be None/bool/int/float/str: index lists (head widths).
         if any(isinstance(v, tuple) for v in dist.values):
             labels = [str(list(v)) if isinstance(v, tuple) else str(v) for v in dist.values]
@@ -51,9 +57,7 @@ def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | Non
     low, high = dist.low, dist.high
     if dist.kind in ("int", "logint"):
         high_i = int(high) if upper is None else min(int(high), upper)
-        value = trial.suggest_int(name, int(low), max(int(low), high_i), log=dist.kind == "logint")
-        # GridSampler returns its grid value even outside the range asked for: clip it.
-        return value if upper is None else min(value, upper)
+        return trial.suggest_int(name, int(low), max(int(low), high_i), log=dist.kind == "logint")
     if dist.kind == "quniform":
         return trial.suggest_float(name, low, high, step=dist.q)
     return trial.suggest_float(name, low, high, log=dist.kind == "loguniform")

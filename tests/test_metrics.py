@@ -67,7 +67,7 @@ def test_metrics_match_sklearn_with_ties_and_missing_classes(num_classes, presen
         assert math.isclose(m["val_f1"], f1_score(labels, preds, average=average, zero_division=0)), trial
 
 
-def test_trial_worker_imports_neither_sklearn_nor_timm_for_a_scratch_cnn(tmp_path):
+def test_trial_worker_imports_neither_sklearn_nor_timm_for_a_scratch_cnn():
     """A scratch-CNN trial builds and evaluates without scikit-learn, SciPy, timm or torchvision."""
     import subprocess
     import sys

@@ -83,8 +83,9 @@ def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
         return float("nan")
     if probs.shape[1] == 2:
         return binary_auc(labels == 1, probs[:, 1])
-    scores = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True) if len(present) < probs.shape[1] else probs
+    scores = probs[:, present]
+    if len(present) < probs.shape[1]:
+        scores = scores / scores.sum(axis=1, keepdims=True)
     if len(present) == 2:  # one-vs-rest of two classes is one binary AUC (both halves equal)
         return binary_auc(labels == present[1], scores[:, 1])
-    columns = range(len(present)) if len(present) < probs.shape[1] else present
-    return float(np.mean([binary_auc(labels == c, scores[:, j]) for c, j in zip(present, columns)]))
+    return float(np.mean([binary_auc(labels == c, scores[:, j]) for j, c in enumerate(present)]))

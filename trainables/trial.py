@@ -190,6 +190,31 @@ def images_tensor(data: ImageDataset, device: torch.device) -> torch.Tensor:
     return images.to(device) if device.type == "cuda" else images
 
 
+def train_step(state: TrialState, config: TrialConfig, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> torch.Tensor:
+    """One optimisation step on a prepared batch: forward, penalties, backward, update.
+
+    Returns the batch's cross-entropy before penalties. ``step`` only names the step in the
+    error for a non-finite loss.
+    """
+    model = state.model
+    with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=state.compute.bf16):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, weight=state.class_weights)
+    penalised = model.head.named_parameters() if config.penalty_scope == "head" else model.named_parameters()
+    extra = penalty(penalised, config.l1, config.l2)
+    objective = loss if extra is None else loss + extra
+    if not torch.isfinite(objective):
+        raise NonFiniteLossError(
+            f"training loss became {objective.item()} at epoch {state.epoch + 1}, step {step}; "
+            f"lower lr (now {config.lr:g}) or the l1/l2 penalties (now {config.l1:g}/{config.l2:g})"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    state.optimizer.step()
+    state.schedule.step()
+    return loss
+
+
 def train_epoch(state: TrialState, config: TrialConfig, images: torch.Tensor, data: ImageDataset) -> tuple[float, int]:
     """One pass over the training split; returns (mean loss, images seen)."""
     model, device = state.model, state.device
@@ -206,21 +231,7 @@ def train_epoch(state: TrialState, config: TrialConfig, images: torch.Tensor, da
         x = prepare_batch(images[batch_idx.to(images.device)].to(device, non_blocking=True), state.input_spec,
                           state.augment, state.generator, channels_last=compute.channels_last)
         y = labels_all[batch_idx].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute.bf16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, weight=state.class_weights)
-        penalised = model.head.named_parameters() if config.penalty_scope == "head" else model.named_parameters()
-        extra = penalty(penalised, config.l1, config.l2)
-        objective = loss if extra is None else loss + extra
-        if not torch.isfinite(objective):
-            raise NonFiniteLossError(
-                f"training loss became {objective.item()} at epoch {state.epoch + 1}, step {start // config.batch_size}; "
-                f"lower lr (now {config.lr:g}) or the l1/l2 penalties (now {config.l1:g}/{config.l2:g})"
-            )
-        state.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        state.optimizer.step()
-        state.schedule.step()
+        loss = train_step(state, config, x, y, start // config.batch_size)
         total += loss.item() * len(batch_idx)
         seen += len(batch_idx)
     return total / max(seen, 1), seen
@@ -278,9 +289,9 @@ def release_free_memory() -> None:
     """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
 
     A training pass frees its activations, but glibc keeps the freed pages of its arenas
-    mapped, so a trial worker would hold its peak between passes and after the trial (a
-    `cnn3` trial in a Tune worker: 0.61 GB of private memory after the trial, 0.48 GB with
-    trimming). Concurrent trials whose peaks do not coincide then share the node's memory;
+    mapped, so a trial worker would hold its peak between passes and after the trial (one
+    `cnn3` trial of benchmarks/spaces/memory.yaml in a Tune worker, trimmed after each epoch:
+    611 MiB of private memory left after the trial without trimming, 480 MiB with it). Concurrent trials whose peaks do not coincide then share the node's memory;
     trials started together and run in step peak together anyway. It costs milliseconds.
     """
     trim = _malloc_trim()

@@ -31,6 +31,7 @@ import difflib
 import functools
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import torch
@@ -43,7 +44,7 @@ from trainables.models.weights import OFFLINE_PACKAGES, check_state_dict, offlin
 PretrainedMode = Literal["none", "imagenet", "hub"]
 
 
-def _timm():  # noqa: ANN202 (the module)
+def _timm() -> ModuleType:
     """timm, imported on first use: a trial of a scratch baseline never needs it.
 
     timm pulls in torchvision; together they cost a trial worker about 0.1 GB of private
