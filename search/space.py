@@ -14,7 +14,10 @@ A space is data, not code. Its sections:
 - ``mlflow``: experiment name and tracking URI.
 
 Every mistake is reported as a :class:`SpaceError` naming the file, the key path, the
-value and the fix, before any expensive work starts. ``spaces/README.md`` documents every
+value and the fix, before any expensive work starts: a key given twice in one mapping, a
+parameter both fixed and searched, an unknown key (with the real name of a common alias
+such as ``learning_rate``), a value of the wrong type, or a range whose bound breaks a
+rule (reported at ``search.<name>`` with that bound). ``spaces/README.md`` documents every
 key.
 """
 
@@ -24,11 +27,20 @@ import dataclasses
 import difflib
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
-from trainables.config import DataConfig, TrialConfig
+from trainables.config import (
+    ConfigError,
+    DataConfig,
+    TrialConfig,
+    coerce_value,
+    field_choices,
+    field_types,
+    is_choice,
+    suggest_trial_key,
+)
 from trainables.data import resolve_data_path
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint", "quniform")
@@ -41,6 +53,72 @@ class SpaceError(ValueError):
         self.file, self.key, self.problem, self.fix = str(file), key, problem, fix
         message = f"{file}: {key}: {problem}"
         super().__init__(message + (f"; {fix}" if fix else ""))
+
+
+class DuplicateKeyError(ValueError):
+    """One mapping of a YAML document gives the same key twice.
+
+    Attributes:
+        key: the dotted path of the key (``params.lr``; ``[i]`` for list items).
+        lines: the 1-based lines of the first and the second occurrence.
+        problem: ``is given twice (lines 7 and 9)``, the message without the key.
+    """
+
+    def __init__(self, key: str, lines: tuple[int, int]) -> None:
+        self.key, self.lines = key, lines
+        where = f"both on line {lines[0]}" if lines[0] == lines[1] else f"lines {lines[0]} and {lines[1]}"
+        self.problem = f"is given twice ({where})"
+        super().__init__(f"{key}: {self.problem}")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, at any depth.
+
+    PyYAML keeps the last of two equal keys, so a space with ``lr: 1e-3`` and, further
+    down, ``lr: 5.0`` would silently train at 5.0. Everything else is ``yaml.safe_load``:
+    the same tags and types, and keys merged in with ``<<: *anchor`` may still be
+    overridden (that is what a merge is for). Each node's dotted path is remembered while
+    the document is built top-down, so the error names ``params.lr``, not just ``lr``.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list[Any]:
+        prefix = self._paths.get(id(node), "")
+        for index, child in enumerate(node.value):
+            self._paths.setdefault(id(child), f"{prefix}[{index}]")
+        return super().construct_sequence(node, deep=deep)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            prefix = self._paths.get(id(node), "")
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                where = f"{prefix}.{key}" if prefix else str(key)
+                if first is not None:
+                    raise DuplicateKeyError(where, (first.start_mark.line + 1, key_node.start_mark.line + 1))
+                seen[key] = key_node
+                self._paths.setdefault(id(value_node), where)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`UniqueKeyLoader`).
+
+    Raises:
+        DuplicateKeyError: a mapping gives a key twice.
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +151,10 @@ class TuneSettings:
     def __post_init__(self) -> None:
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, but got {self.num_samples}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            # 0 used to fall through `max_concurrent or ...` and silently mean "as resources allow".
+            raise ValueError(f"max_concurrent must be >= 1, but got {self.max_concurrent}; "
+                             f"use null to run as many trials as resources allow")
         if self.metric.startswith("test_"):
             raise ValueError(f"metric {self.metric!r} is a test metric: selecting on the test split leaks it; "
                              f"use a validation metric such as val_auc")
@@ -242,12 +324,16 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
     if not path.is_file():
         raise SpaceError(path, "<file>", "the space file does not exist", "pass the path of a YAML file, e.g. spaces/quickstart.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise SpaceError(path, err.key, err.problem,
+                         "keep one of them: YAML would silently use the last") from None
     except yaml.YAMLError as err:
         raise SpaceError(path, "<file>", f"is not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise SpaceError(path, "<file>", "must be a mapping with data/params/search sections")
     raw = dict(raw)
+    _check_trial_sections(path, raw)  # the file as written: an override must not hide a conflict
     for key, value in (overrides or {}).items():
         if key.startswith("data."):
             raw.setdefault("data", {})
@@ -267,13 +353,13 @@ def parse_space(path: Path, raw: dict[str, Any]) -> Space:
     if "data" not in raw:
         raise SpaceError(path, "data", "is missing", "add a data section with at least `source: <file>`")
     data = _parse_data(path, raw["data"])
+    _check_trial_sections(path, raw)
     params = dict(raw.get("params") or {})
     trial_keys = [f.name for f in dataclasses.fields(TrialConfig)]
-    for key in params:
-        _check_keys(path, "params.", {key: None}, trial_keys)
+    _check_keys(path, "params.", params, trial_keys, suggest=suggest_trial_key)
     search = {}
     for key, spec in (raw.get("search") or {}).items():
-        _check_keys(path, "search.", {key: None}, trial_keys)
+        _check_keys(path, "search.", {key: None}, trial_keys, suggest=suggest_trial_key)
         search[key] = _parse_distribution(path, f"search.{key}", spec)
     space = Space(
         path=path,
@@ -289,12 +375,27 @@ def parse_space(path: Path, raw: dict[str, Any]) -> Space:
         mlflow=build_section(path, "mlflow", raw.get("mlflow"), MlflowSettings),
     )
     _check_conditions(path, space)
-    try:
-        space.default_config()
-    except ValueError as err:
-        raise SpaceError(path, "params", str(err)) from None
     _check_candidates(path, space)
     return space
+
+
+def _check_trial_sections(path: Path, raw: dict[str, Any]) -> None:
+    """``params`` and ``search`` are mappings and never name the same parameter.
+
+    A parameter in both would be run with its fixed value by ``search trial`` and searched
+    by a study, so the two would silently disagree. ``--set`` overrides move a searched
+    key to ``params`` on purpose; :func:`load_space` checks the file before applying them.
+    """
+    for section in ("params", "search"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise SpaceError(path, section, f"must be a mapping of parameter names, but got {raw[section]!r}",
+                             "write one `name: value` per line under it")
+    params, search = raw.get("params") or {}, raw.get("search") or {}
+    for key in search:
+        if key in params:
+            raise SpaceError(path, f"search.{key}", f"is also fixed in params ({key}: {params[key]!r}), so "
+                             "`search trial` would run the fixed value and a study would search it",
+                             f"keep '{key}' in one section: params to fix it, search to search it")
 
 
 def candidates(dist: Distribution) -> list[Any]:
@@ -307,72 +408,79 @@ def candidates(dist: Distribution) -> list[Any]:
 
 
 def _check_candidates(path: Path, space: Space) -> None:
-    """Every choice and both ends of every range make a valid trial config.
+    """Every choice and both ends of every range make a valid trial config, and so do the defaults.
 
     Catches a searched ``dropout: {uniform: [0, 1.5]}`` or ``optimizer: {choice: [adamm]}``
-    before Ray starts instead of as failed trials.
+    before Ray starts instead of as failed trials. The searched values are checked first,
+    each with the other parameters at their defaults, and an error is reported there only
+    when it concerns that parameter: ``epochs: {int: [-2, 3]}`` is reported at
+    ``search.epochs`` with -2, not as its midpoint 0 in ``params``, and an error caused by
+    another parameter's default is left for that parameter's own turn. The defaults
+    together (what ``search trial`` runs) are checked last; their error points at the
+    searched parameter involved, else at ``params``.
     """
     base = space.default_params()
     for name, dist in space.search.items():
         for value in candidates(dist):
             try:
                 TrialConfig.from_dict({**base, name: list(value) if isinstance(value, tuple) else value})
-            except ValueError as err:
+            except ConfigError as err:
+                if name in err.keys:
+                    raise SpaceError(path, f"search.{name}", str(err)) from None
+            except ValueError as err:  # a check that names no key: the value under test broke it
                 raise SpaceError(path, f"search.{name}", str(err)) from None
+    try:
+        space.default_config()
+    except ConfigError as err:
+        searched = [key for key in err.keys if key in space.search]
+        raise SpaceError(path, f"search.{searched[0]}" if searched else "params", str(err)) from None
+    except ValueError as err:
+        raise SpaceError(path, "params", str(err)) from None
 
 
 def _parse_data(path: Path, section: Any) -> DataConfig:
     if not isinstance(section, dict) or "source" not in section:
         raise SpaceError(path, "data", "must be a mapping with a `source` key", "e.g. `source: medmnist/pneumoniamnist.npz`")
     values = {**section, "source": str(resolve_data_path(str(section["source"])))}
-    return build_section(path, "data", values, DataConfig)
+    data = build_section(path, "data", values, DataConfig)
+    try:
+        data.validate()
+    except ConfigError as err:
+        raise SpaceError(path, f"data.{err.keys[0]}", str(err)) from None
+    return data
 
 
 def build_section(path: Path, name: str, section: Any, cls: type) -> Any:
     """Build the dataclass ``cls`` from a YAML mapping, coercing scalars by field type.
 
-    Unknown keys are refused with the closest valid key; values of the wrong kind are
-    refused with the key path, the value and the expected type.
+    Unknown keys are refused with the closest valid key; values of the wrong kind or
+    outside a ``Literal`` field's choices are refused with the key path, the value and the
+    expected type. Coercion is :func:`trainables.config.coerce_value`, the one that
+    ``TrialConfig.from_dict`` uses, so ``true`` is never read as 1 nor 1 as true.
     """
     if section is None:
         section = {}
     if not isinstance(section, dict):
         raise SpaceError(path, name, f"must be a mapping, but got {section!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, choices = field_types(cls), field_choices(cls)
     _check_keys(path, f"{name}.", section, fields)
     values = {}
     for key, value in section.items():
         kind = str(fields[key].type)
         try:
-            values[key] = _coerce_scalar(value, kind)
+            values[key] = coerce_value(value, hints[key])
         except (TypeError, ValueError):
             raise SpaceError(path, f"{name}.{key}", f"expects {kind}, but got {value!r}") from None
+        if key in choices and not is_choice(values[key], choices[key]):
+            close = difflib.get_close_matches(str(value), [str(a) for a in choices[key]], n=1)
+            allowed = ", ".join("null" if a is None else str(a) for a in choices[key])
+            fix = f"did you mean '{close[0]}'?" if close else f"use one of {allowed}"
+            raise SpaceError(path, f"{name}.{key}", f"expects {kind}, but got {value!r}", fix)
     try:
         return cls(**values)
     except ValueError as err:
         raise SpaceError(path, name, str(err)) from None
-
-
-def _coerce_scalar(value: Any, kind: str) -> Any:
-    """YAML reads ``1e-3`` as a string and ``3`` as an int: turn them into the field's type."""
-    if value is None:
-        if "None" not in kind:
-            raise ValueError(value)
-        return None
-    base = kind.split(" | ")[0]
-    if base == "float":
-        return float(value)
-    if base == "int" or base.startswith("Literal[1"):
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(value)
-        return int(value)
-    if base == "bool" and not isinstance(value, bool):
-        raise ValueError(value)
-    if base.startswith("Literal["):
-        allowed = [a.strip().strip("'\"") for a in base[8:-1].split(",")]
-        if str(value) not in allowed:
-            raise ValueError(value)
-    return value
 
 
 def _parse_distribution(path: Path, key: str, spec: Any) -> Distribution:
@@ -455,11 +563,18 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _check_keys(path: Path, prefix: str, section: dict[str, Any], valid: Any) -> None:
+def _check_keys(path: Path, prefix: str, section: dict[str, Any], valid: Any,
+                suggest: Callable[[str], str | None] | None = None) -> None:
+    """Refuse a key that is not in ``valid``, suggesting the closest valid one.
+
+    ``suggest`` replaces plain spelling distance (trial parameters use
+    :func:`trainables.config.suggest_trial_key`, which knows aliases such as
+    ``learning_rate``).
+    """
     for key in section:
         if key not in valid:
-            close = difflib.get_close_matches(str(key), list(valid), n=1)
-            fix = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
+            close = suggest(key) if suggest else next(iter(difflib.get_close_matches(str(key), list(valid), n=1)), None)
+            fix = f"did you mean '{close}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
             raise SpaceError(path, f"{prefix}{key}", "is not a known key", fix)
 
 

@@ -94,6 +94,7 @@ def test_existing_study_needs_resume_and_missing_study_cannot_resume(tmp_path):
     with pytest.raises(SpaceError, match="no study to resume"):
         prepare(path, StudyOptions(storage=str(tmp_path / "studies"), resume=True))
     (tmp_path / "studies" / "tiny").mkdir(parents=True)
+    (tmp_path / "studies" / "tiny" / "medtune_study.json").write_text("{}")
     with pytest.raises(SpaceError, match="pass --resume"):
         prepare(path, StudyOptions(storage=str(tmp_path / "studies")))
 
