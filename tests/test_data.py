@@ -298,7 +298,11 @@ def test_iqothnccd_three_classes_stratified(data_root: Path) -> None:
 
 
 def test_kermany_grouped_val_from_official_train(kermany_zip: Path) -> None:
-    ds = load_dataset(cfg(kermany_zip, group_column="patient_group", image_size=64))
+    # The official train and test number patients separately (person1 in train is not
+    # person1 in test): 170 ids occur in both, refused unless allow_group_overlap says so.
+    with pytest.warns(DataWarning, match="170 group ids in column 'patient_group'"):
+        ds = load_dataset(cfg(kermany_zip, group_column="patient_group", image_size=64, allow_group_overlap=True))
+    assert ds.group_overlap == 170
     check_invariants(ds)
     sizes = ds.split_sizes()
     assert sizes["test"] == 624 and sizes["train"] + sizes["val"] == 5216
@@ -306,8 +310,7 @@ def test_kermany_grouped_val_from_official_train(kermany_zip: Path) -> None:
     assert all(str(p).startswith("test/") for p in ds.paths[ds.splits["test"]])  # official test kept
     train_groups, val_groups = set(ds.groups[ds.splits["train"]]), set(ds.groups[ds.splits["val"]])
     assert not train_groups & val_groups, "a patient in train and val leaks"
-    # The official train and test number patients separately (person1 in train is not
-    # person1 in test): the official split is kept as given, not regrouped.
+    # with the overlap allowed, the official split is kept as given, not regrouped
     assert set(ds.labels[ds.splits["val"]].tolist()) == {0, 1}
 
 
@@ -515,7 +518,7 @@ def test_empty_split_and_bad_settings(data_root: Path, tmp_path: Path) -> None:
         load_dataset(cfg(source, val_fraction=0.6, test_fraction=0.5))
     with pytest.raises(DataError, match="train_fraction"):
         load_dataset(cfg(source, train_fraction=0.0))
-    with pytest.raises(DataError, match="unknown data format 'imgfolder'.*imagefolder"):
+    with pytest.raises(DataError, match="'format' must be one of .* but got 'imgfolder'; did you mean 'imagefolder'"):
         load_dataset(cfg(source, format="imgfolder"))  # type: ignore[arg-type]
     assert issubclass(DataError, ValueError)
 
@@ -605,11 +608,13 @@ def test_pcam_full_zip_counts_and_blank_patches(pcam_zip: Path) -> None:
 
 @pytest.mark.slow
 def test_kermany_full_zip_native_size_and_cache(kermany_zip: Path) -> None:
-    config = cfg(kermany_zip, group_column="patient_group")
-    ds = load_dataset(config)
+    config = cfg(kermany_zip, group_column="patient_group", allow_group_overlap=True)
+    with pytest.warns(DataWarning, match="allow_group_overlap"):
+        ds = load_dataset(config)
     check_invariants(ds)
     assert ds.images.shape == (5840, 224, 224, 3)
     assert ds.split_sizes()["test"] == 624 and ds.split_sizes()["train"] + ds.split_sizes()["val"] == 5216
     assert not set(ds.groups[ds.splits["train"]]) & set(ds.groups[ds.splits["val"]])
-    again = load_dataset(config)
-    assert again.from_cache and again.fingerprint == ds.fingerprint
+    with pytest.warns(DataWarning, match="allow_group_overlap"):
+        again = load_dataset(config)
+    assert again.from_cache and again.fingerprint == ds.fingerprint and again.group_overlap == 170

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,11 @@ import PIL
 
 from ..config import DataConfig
 from . import cache
-from .decode import DECODER_VERSION, BlankRule, Decoded, convert_arrays, decode_files
+from .decode import DECODER_VERSION, BlankRule, Decoded, check_decode_settings, convert_arrays, decode_files
 from .errors import DataError, DataWarning
 from .medmnist import ensure_medmnist, known_file
-from .sources import Manifest, missing_source_error, open_source, resolve_data_path
-from .splits import SPLITS, groups_across_source_splits, make_splits, subsample_train
+from .sources import Manifest, is_under_data_root, missing_source_error, open_source, resolve_data_path
+from .splits import SPLITS, check_class_presence, groups_across_source_splits, make_splits, subsample_train
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class ImageDataset:
         source: the resolved source path.
         paths: per image, its path (or member name) in the source, for reports.
         from_cache: True when the arrays came from the on-disk cache, not a decode.
+        group_overlap: how many group ids occur in more than one of the source's own
+            splits; always 0 unless ``allow_group_overlap`` accepted them (a DataWarning
+            says so too). Log it with the study: a non-zero value may mean leakage.
 
     Example:
         >>> ds = load_dataset(DataConfig(source="medmnist/pneumoniamnist.npz"))  # doctest: +SKIP
@@ -67,6 +71,7 @@ class ImageDataset:
     source: str
     paths: np.ndarray | None = None
     from_cache: bool = False
+    group_overlap: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -100,10 +105,14 @@ def load_dataset(config: DataConfig) -> ImageDataset:
     Raises:
         DataError: any problem with the settings or the data, raised before decoding
             where possible; the message names the file, column or value and the fix.
+            Among them: a train or val split with fewer than 2 classes, or a val/test
+            class absent from train; group ids shared by the source's own splits (unless
+            ``allow_group_overlap``); a decoded array larger than the memory available.
 
     Warns:
         DataWarning: once, when unreadable or blank images were skipped (with counts
-            and example paths).
+            and example paths); once, when ``allow_group_overlap`` accepted group ids
+            shared by the source's own splits.
     """
     _check_config(config)
     path = _find_source(config.source)
@@ -114,8 +123,9 @@ def load_dataset(config: DataConfig) -> ImageDataset:
         root = cache.cache_root(config.cache_dir)
         data = cache.load(root, key)
         from_cache = data is not None
-        if data is None:
-            _split(manifest.labels, manifest.split, manifest.groups, config)  # fail before decoding
+        if data is None:  # every check that needs no pixels fails here, before decoding
+            _split(manifest.labels, manifest.split, manifest.groups, manifest.class_names, config)
+            _group_overlap(manifest.split, manifest.groups, config, path, warn=False)
             data = _decode(manifest, config)
             cache.save(root, key, data, settings)
     finally:
@@ -129,11 +139,8 @@ def load_dataset(config: DataConfig) -> ImageDataset:
     if unused:
         logger.warning("classes %s (%s) have no images in %s; labels should run 0..K-1", unused,
                        [data.class_names[i] for i in unused], path)
-    splits = _split(data.labels, data.split, data.groups, config)
-    crossing = groups_across_source_splits(data.split, data.groups)
-    if crossing:
-        logger.info("%d group ids occur in more than one of the source's own splits (e.g. %s); the "
-                    "source's split is kept as given", len(crossing), crossing[:3])
+    splits = _split(data.labels, data.split, data.groups, data.class_names, config)
+    overlap = _group_overlap(data.split, data.groups, config, path, warn=True)
     return ImageDataset(
         images=data.images,
         labels=data.labels,
@@ -145,15 +152,77 @@ def load_dataset(config: DataConfig) -> ImageDataset:
         source=str(path),
         paths=data.paths,
         from_cache=from_cache,
+        group_overlap=overlap,
     )
 
 
+def describe(data: ImageDataset) -> str:
+    """The one-line summary of a loaded dataset that the CLI prints and the study logs.
+
+    Example: ``data /data/medmnist/pneumoniamnist.npz: train 4708, val 524, test 624;
+    28x28x1, 2 classes``. The path is absolute with ``..`` collapsed, so a ``source``
+    that climbs out of ``$MEDTUNE_DATA`` shows where it really points; such a path gets
+    `` (outside $MEDTUNE_DATA)`` at the end (allowed, but the study then depends on
+    files beyond the data folder). Skipped images (``; skipped 3 unreadable, 1 blank``)
+    and accepted group overlaps (``; 170 group ids in several source splits``) are
+    added when there are any, so the one line says what the study trained on.
+    """
+    source = os.path.normpath(os.path.abspath(data.source))
+    sizes = ", ".join(f"{name} {count}" for name, count in data.split_sizes().items())
+    _, height, width, channels = data.images.shape
+    line = f"data {source}: {sizes}; {height}x{width}x{channels}, {data.num_classes} classes"
+    skipped = [f"{count} {reason}" for reason, count in data.skipped.items() if count]
+    if skipped:
+        line += "; skipped " + ", ".join(skipped)
+    if data.group_overlap:
+        line += f"; {data.group_overlap} group ids in several source splits (allow_group_overlap)"
+    if not is_under_data_root(source):
+        line += " (outside $MEDTUNE_DATA)"
+    return line
+
+
 def _split(labels: np.ndarray, source_split: np.ndarray | None, groups: np.ndarray | None,
-           config: DataConfig) -> dict[str, np.ndarray]:
+           class_names: list[str], config: DataConfig) -> dict[str, np.ndarray]:
+    """The split, subsampled by ``train_fraction``, refused when a split lacks classes."""
     splits = make_splits(labels, source_split, groups, val_fraction=config.val_fraction,
                          test_fraction=config.test_fraction, seed=config.seed)
     splits["train"] = subsample_train(splits["train"], labels, config.train_fraction, config.seed)
+    check_class_presence(labels, splits, class_names)
     return splits
+
+
+def _group_overlap(source_split: np.ndarray | None, groups: np.ndarray | None, config: DataConfig,
+                   path: Path, *, warn: bool) -> int:
+    """Refuse group ids that the source's own split puts in two splits, unless allowed.
+
+    The same patient in train and test leaks: the model is scored on a patient it has
+    trained on. Some sources number patients per official split, so the ids only look
+    shared (Kermany's ``person1`` in train and in test are different children); then
+    ``allow_group_overlap: true`` keeps the split as given, with a warning.
+
+    Returns:
+        How many group ids are shared (0 when none, or when there are no groups).
+    """
+    crossing = groups_across_source_splits(source_split, groups)
+    if not crossing:
+        return 0
+    assert source_split is not None and groups is not None
+    ids = groups.astype(str)
+    examples = []
+    for group in crossing[:_EXAMPLES]:
+        codes = sorted(set(source_split[ids == group].tolist()))
+        examples.append(f"{group!r} in {' and '.join(SPLITS[c] for c in codes)}")
+    what = (f"{len(crossing)} group ids in column {config.group_column!r} occur in more than one of the "
+            f"splits {path} itself defines (e.g. {', '.join(examples)})")
+    if not config.allow_group_overlap:
+        raise DataError(f"{what}: the same patient in two splits leaks, and the test score comes out "
+                        "inflated. Fix the split column so each group sits in one split, or, if the ids "
+                        "are only unique within a split (as in Kermany, which numbers patients per "
+                        "official split), set data.allow_group_overlap: true to keep the split as given")
+    if warn:
+        warnings.warn(f"{what}; kept as given because data.allow_group_overlap is true: if they are the "
+                      "same patients, test scores are inflated", DataWarning, stacklevel=3)
+    return len(crossing)
 
 
 def _find_source(raw: str) -> Path:
@@ -250,22 +319,23 @@ def _check_config(config: DataConfig) -> None:
         if not ok:
             raise DataError(text)
 
+    try:
+        config.validate()  # choices and the image-size bound, as a space file is checked
+    except ValueError as err:
+        raise DataError(str(err)) from None
     vf, tf, trf = config.val_fraction, config.test_fraction, config.train_fraction
     rule(0.0 <= vf < 1.0, f"`0 <= val_fraction < 1` must hold, but got val_fraction={vf}")
     rule(0.0 <= tf < 1.0, f"`0 <= test_fraction < 1` must hold, but got test_fraction={tf}")
     rule(vf + tf < 1.0, f"`val_fraction + test_fraction < 1` must hold, but got {vf} + {tf}")
     rule(0.0 < trf <= 1.0 and not math.isnan(trf),
          f"`0 < train_fraction <= 1` must hold, but got train_fraction={trf}")
-    rule(isinstance(config.seed, int) and config.seed >= 0,
+    rule(isinstance(config.seed, int) and not isinstance(config.seed, bool) and config.seed >= 0,
          f"`seed` must be an integer >= 0, but got seed={config.seed!r}")
-    size = config.image_size
-    rule(size is None or (isinstance(size, int) and size >= 1),
-         f"`image_size` must be null (native size) or an integer >= 1, but got image_size={size!r}")
-    rule(config.channels in (None, 1, 3), f"`channels` must be null, 1 or 3, but got channels={config.channels!r}")
+    check_decode_settings(config.image_size, config.channels)
     rule(0 <= config.blank_black < config.blank_white <= 255,
          f"`0 <= blank_black < blank_white <= 255` must hold, but got blank_black={config.blank_black}, "
          f"blank_white={config.blank_white}")
     rule(config.blank_max_std >= 0, f"`blank_max_std >= 0` must hold, but got {config.blank_max_std}")
 
 
-__all__ = ["ImageDataset", "load_dataset"]
+__all__ = ["ImageDataset", "describe", "load_dataset"]

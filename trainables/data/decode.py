@@ -90,6 +90,83 @@ class Decoded:
     seconds: float
 
 
+def check_decode_settings(image_size: object, channels: object) -> None:
+    """Second line of defence behind the config checks: refuse sizes and channel counts
+    the decoder cannot produce, before any image is touched.
+
+    ``channels: 2`` would otherwise decode every image as RGB and fail to reshape it, so
+    every file would be reported "unreadable" instead of the setting being named.
+    """
+    if channels is not None and not (_is_int(channels) and channels in (1, 3)):
+        raise DataError(f"`channels` must be null, 1 or 3, but got channels={channels!r}; set data.channels "
+                        "to 1 (grayscale), 3 (RGB) or null (1 when every image is grayscale, else 3)")
+    if image_size is not None and not (_is_int(image_size) and image_size >= 1):
+        raise DataError(f"`image_size` must be null (native size) or an integer >= 1, but got "
+                        f"image_size={image_size!r}; set data.image_size to e.g. 64")
+
+
+def _is_int(value: object) -> bool:
+    """A true integer: ``int`` or a numpy integer, never ``bool`` (``True == 1``) or ``3.0``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def available_memory() -> tuple[int | None, str]:
+    """Bytes of memory a new allocation can use now, and where that number came from.
+
+    ``MemAvailable`` of ``/proc/meminfo`` (free plus reclaimable cache), capped by a
+    cgroup v2 memory limit when the process runs in one (a container's limit is what
+    the kernel's OOM killer enforces); without ``/proc``, the physical memory
+    (``SC_PHYS_PAGES * SC_PAGE_SIZE``). ``(None, reason)`` when nothing is known.
+    """
+    amount: int | None = None
+    where = "unknown"
+    try:
+        with open("/proc/meminfo") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    amount, where = int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if amount is None:
+        try:
+            amount = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            where = "physical memory"
+        except (OSError, ValueError, AttributeError):
+            return None, where
+    try:
+        with open("/sys/fs/cgroup/memory.max") as stream:
+            limit = stream.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as stream:
+            current = int(stream.read().strip())
+        if limit != "max" and int(limit) - current < amount:
+            amount, where = max(0, int(limit) - current), "the cgroup limit /sys/fs/cgroup/memory.max less its usage"
+    except (OSError, ValueError):
+        pass
+    return amount, where
+
+
+def check_decoded_size(n: int, height: int, width: int, channels: int, image_size: int | None) -> None:
+    """Refuse a decode whose output array alone would not fit in the memory available.
+
+    The estimate is ``n * height * width * channels`` bytes (uint8). Without this check
+    ``image_size: 100000`` ends in a numpy ``MemoryError`` traceback (or, below the
+    kernel's overcommit limit, in the OOM killer halfway through decoding).
+
+    Raises:
+        DataError: naming ``data.image_size``, the estimate and the memory available, in GiB.
+    """
+    need = n * height * width * channels
+    have, where = available_memory()
+    if have is None or need <= have:
+        return
+    now = (f"image_size={image_size}" if image_size else f"image_size=null, the native {width}x{height}")
+    raise DataError(f"decoding {n} images to {height}x{width}x{channels} uint8 needs about {need / 2**30:.1f} GiB, "
+                    f"but only {have / 2**30:.1f} GiB of memory is available ({where}); set a smaller "
+                    f"`data.image_size` (now {now}; half the size needs a quarter of the memory)"
+                    + (", or channels: 1 for grayscale data" if channels == 3 else ""))
+
+
 def default_workers() -> int:
     """Decode threads: one per core (decoding is CPU-bound and releases the GIL)."""
     return max(1, min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
@@ -120,8 +197,10 @@ def decode_files(
 
     Raises:
         DataError: ``image_size`` is None and the images differ in size (names the first
-            file that differs and the fix).
+            file that differs and the fix); ``channels`` or ``image_size`` is not a valid
+            setting; the decoded array would not fit in the memory available.
     """
+    check_decode_settings(image_size, channels)
     start = time.perf_counter()
     n = len(paths)
     probe, probe_gray, probe_hw = _probe(read, n, image_size)
@@ -132,6 +211,7 @@ def decode_files(
     detect = channels is None
     c = channels or (1 if probe_gray else 3)
     h, w = (image_size, image_size) if image_size else probe_hw
+    check_decoded_size(n, h, w, c, image_size)
     out = np.empty((n, h, w, c), np.uint8)
     status = np.zeros(n, np.int8)
     reasons: dict[int, str] = {}
@@ -187,10 +267,17 @@ def convert_arrays(
     """Apply the same channel, size and blank rules to already-decoded ``(N, H, W, C)`` arrays.
 
     Used for MedMNIST ``.npz`` files, whose images are stored decoded.
+
+    Raises:
+        DataError: ``channels`` or ``image_size`` is not a valid setting, or the result
+            would not fit in the memory available.
     """
+    check_decode_settings(image_size, channels)
     start = time.perf_counter()
     c_in = images.shape[-1]
     c = channels or c_in
+    out_h, out_w = (image_size, image_size) if image_size else images.shape[1:3]
+    check_decoded_size(len(images), out_h, out_w, c, image_size)
     if c == 3 and c_in == 1:
         images = np.repeat(images, 3, axis=-1)
     elif c == 1 and c_in == 3:  # Pillow's "L" conversion, so files and arrays agree
@@ -301,4 +388,5 @@ def _compact(out: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return out[: len(kept)]
 
 
-__all__ = ["DECODER_VERSION", "BlankRule", "Decoded", "decode_files", "convert_arrays", "default_workers"]
+__all__ = ["DECODER_VERSION", "BlankRule", "Decoded", "decode_files", "convert_arrays", "default_workers",
+           "available_memory", "check_decode_settings", "check_decoded_size"]

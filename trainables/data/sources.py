@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import difflib
 import io
+import math
 import mmap
 import os
 import struct
@@ -72,6 +73,27 @@ class Manifest:
     close: Callable[[], None] = field(default=lambda: None)
 
 
+def data_root() -> Path:
+    """The folder relative data paths live under: ``$MEDTUNE_DATA``, else ``./data``, absolute.
+
+    Read from the environment at each call, as :func:`resolve_data_path` does.
+    """
+    return Path(os.path.expanduser(os.environ.get("MEDTUNE_DATA", "data"))).absolute()
+
+
+def is_under_data_root(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``, with ``..`` collapsed, lies inside :func:`data_root`.
+
+    ``source: ../../elsewhere/x.npz`` resolves outside the data folder; that is allowed,
+    but reports should say so, because the study file then depends on more than
+    ``$MEDTUNE_DATA``. Paths are compared after ``os.path.normpath`` (not after following
+    symlinks), so a data folder that is itself a symlink still counts as inside.
+    """
+    target = Path(os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path)))))
+    root = Path(os.path.normpath(data_root()))
+    return target == root or root in target.parents
+
+
 def resolve_data_path(path: str | os.PathLike[str]) -> Path:
     """Where a data path points: relative paths live under ``$MEDTUNE_DATA``.
 
@@ -87,8 +109,7 @@ def resolve_data_path(path: str | os.PathLike[str]) -> Path:
     given = Path(os.path.expanduser(os.fspath(path)))
     if given.is_absolute():
         return given
-    root = Path(os.path.expanduser(os.environ.get("MEDTUNE_DATA", "data")))
-    return (root / given).absolute()
+    return data_root() / given
 
 
 def missing_source_error(raw: str, path: Path) -> DataError:
@@ -186,7 +207,7 @@ def _open_npz(path: Path) -> Manifest:
         if len(labs) != len(imgs):
             raise DataError(f"{path}: {len(imgs)} {split}_images but {len(labs)} {split}_labels")
         images.append(imgs if imgs.ndim == 4 else imgs[..., None])
-        labels.append(labs.astype(np.int64))
+        labels.append(_integer_labels(labs, f"{path}: {split}_labels"))
         codes.append(np.full(len(labs), code, np.int8))
         paths += [f"{split}_images[{i}]" for i in range(len(labs))]
     sizes = {im.shape[1:] for im in images}
@@ -199,6 +220,38 @@ def _open_npz(path: Path) -> Manifest:
     class_names = names if names is not None and len(names) >= k else [str(i) for i in range(k)]
     return Manifest("npz", path, paths, label_array, class_names, np.concatenate(codes), None,
                     [("npz", path)], {"layout": "npz"}, arrays=np.concatenate(images))
+
+
+_LABEL_LIMIT = 2**62  # beyond this an int64 cast is undefined; no real label comes near it
+
+
+def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    """``labels`` as int64, refusing NaN, infinite, fractional or non-numeric values first.
+
+    Casting NaN to int64 gives -9223372036854775808, which the range check would then
+    call a "negative label": the message must name the real problem instead.
+    """
+    fix = ("give every image its class index 0..K-1 (drop the unlabelled images, or re-export "
+           "the labels as integers)")
+    kind = labels.dtype.kind
+    if kind in "biu":
+        return labels.astype(np.int64)
+    if kind != "f":
+        raise DataError(f"{name}: labels must be integer class indices, but their dtype is {labels.dtype}; {fix}")
+    finite = np.isfinite(labels)
+    checks = (
+        (np.isnan(labels), "NaN"),
+        (np.isinf(labels), "infinite"),
+        (finite & (labels != np.round(labels)), "not whole numbers"),
+        (finite & (np.abs(labels) >= _LABEL_LIMIT), "beyond +-2**62"),
+    )
+    for mask, what in checks:
+        if mask.any():
+            first = int(np.flatnonzero(mask)[0])
+            value = labels[first].item()
+            raise DataError(f"{name}: labels must be integer class indices, but {int(mask.sum())} of "
+                            f"{len(labels)} labels are {what} (first at index {first}: {value!r}); {fix}")
+    return labels.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------- CSV
@@ -329,6 +382,7 @@ def _parse_table(header: list[str], rows: list[list[str]], csv_name: str, config
     name_name = config.label_name_column or ("label_name" if "label_name" in header else None)
     name_col = _column(header, name_name, "label_name_column", csv_name) if name_name else None
 
+    _check_label_cells([row[label_col] for row in rows], csv_name, config.label_column)
     paths, labels, codes, groups = [], [], [], []
     names: dict[int, str] = {}
     for line, row in enumerate(rows, start=2):
@@ -369,23 +423,69 @@ def _parse_table(header: list[str], rows: list[list[str]], csv_name: str, config
     }
 
 
+_MISSING = frozenset({"na", "n/a", "null", "none", "missing"})
+
+
+def _check_label_cells(cells: list[str], csv_name: str, column: str) -> None:
+    """Refuse empty, missing (NA/null), NaN or infinite label cells, counted, before parsing.
+
+    One message for all of them (how many, and the first line) instead of a per-row
+    "not an integer" that suggests a label-name column when the label is simply absent.
+    """
+    found: dict[str, list[int]] = {"empty": [], "missing (NA/null/None)": [], "NaN": [], "infinite": []}
+    for line, cell in enumerate(cells, start=2):
+        if not cell:
+            found["empty"].append(line)
+        elif cell.lower() in _MISSING:
+            found["missing (NA/null/None)"].append(line)
+        else:
+            try:
+                number = float(cell)
+            except ValueError:
+                continue  # a class name: _parse_label explains that case
+            if math.isnan(number):
+                found["NaN"].append(line)
+            elif math.isinf(number):
+                found["infinite"].append(line)
+    for what, lines in found.items():
+        if lines:
+            raise DataError(f"{csv_name}: labels in column {column!r} must be integer class indices, but "
+                            f"{len(lines)} of {len(cells)} labels are {what} (first at line {lines[0]}); give "
+                            "every row its class index 0..K-1, drop the rows of unlabelled images, or set "
+                            "`label_column` to the column that holds the labels")
+
+
 def _parse_label(value: str, csv_name: str, line: int, column: str) -> int:
     try:
         number = float(value)
-        if number.is_integer():
-            return int(number)
     except ValueError:
-        pass
+        number = math.nan
+    if number.is_integer():
+        if abs(number) >= _LABEL_LIMIT:  # int64 would overflow
+            raise DataError(f"{csv_name} line {line}: label {value!r} in column {column!r} is out of range; "
+                            "labels must be class indices 0..K-1")
+        return int(number)
     raise DataError(f"{csv_name} line {line}: label {value!r} in column {column!r} is not an integer; "
                     "labels must be class indices 0..K-1: put class names in a 'label_name' column "
                     "and integers in the label column (or set `label_column` to the integer column)")
 
 
 def _check_label_range(labels: np.ndarray, name: str, column: str) -> None:
+    """Labels are 0..K-1: none negative, and K (max + 1) no larger than the number of images.
+
+    The upper bound keeps a stray huge label (an id column taken for the label) from
+    building a class list of that length; with K above the image count some class
+    could never hold an image anyway.
+    """
     if labels.size and labels.min() < 0:
         bad = int(labels.min())
         raise DataError(f"{name}: label {bad} in {column!r} is negative; labels must be class "
                         "indices 0..K-1")
+    if labels.size and int(labels.max()) >= len(labels):
+        bad = int(labels.max())
+        raise DataError(f"{name}: label {bad} in {column!r} implies {bad + 1} classes, but there are only "
+                        f"{len(labels)} images; labels must be class indices 0..K-1: renumber them, or set "
+                        "`label_column` to the column that holds the class index")
 
 
 # ---------------------------------------------------------------------------- folders
@@ -439,6 +539,7 @@ def _open_kaggle_pcam(root: Path) -> Manifest:
         raise DataError(f"{csv_path} has columns {header}, but Kaggle's PCam layout has id,label; "
                         "fix the file, or describe the images in a CSV manifest with format: csv")
     id_col, label_col = header.index("id"), header.index("label")
+    _check_label_cells([row[label_col] for row in rows], str(csv_path), "label")
     paths = [f"train/{row[id_col]}.tif" for row in rows]
     labels = np.asarray([_parse_label(row[label_col], str(csv_path), i, "label")
                          for i, row in enumerate(rows, start=2)], np.int64)
@@ -518,4 +619,5 @@ class _ZipReader:
         self._file.close()
 
 
-__all__ = ["FORMATS", "Manifest", "resolve_data_path", "missing_source_error", "detect_format", "open_source"]
+__all__ = ["FORMATS", "Manifest", "data_root", "is_under_data_root", "resolve_data_path", "missing_source_error",
+           "detect_format", "open_source"]

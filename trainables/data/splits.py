@@ -111,6 +111,48 @@ def subsample_train(train: np.ndarray, labels: np.ndarray, fraction: float, seed
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
+def class_counts(labels: np.ndarray, splits: dict[str, np.ndarray], num_classes: int) -> dict[str, list[int]]:
+    """Images per class in each split: ``{"train": [n0, n1, ...], "val": [...], "test": [...]}``."""
+    return {name: np.bincount(labels[splits[name]], minlength=num_classes).tolist() for name in SPLITS}
+
+
+def check_class_presence(labels: np.ndarray, splits: dict[str, np.ndarray], class_names: list[str]) -> None:
+    """Refuse splits a classifier cannot learn from or be scored on.
+
+    Rules: train and val each hold at least 2 classes, and every class that val or test
+    holds is also in train. A train or val split of one class still trains without an
+    error, but its AUC is NaN, so a whole study would end "completed" with nothing
+    learned or measured; a class only val/test hold is one the model never saw. Classes
+    with no image in any split are not refused here (the loader warns about them).
+    ``train_fraction`` cannot break these rules: :func:`subsample_train` keeps at least
+    one image of every class, so the check gives the same answer before and after it.
+
+    Raises:
+        DataError: naming the split, the per-split class counts and what to change.
+    """
+    k = len(class_names)
+    counts = class_counts(labels, splits, k)
+    problems = []
+    for name in ("train", "val"):
+        present = [c for c in range(k) if counts[name][c]]
+        if len(present) < 2:
+            which = f"only class {class_names[present[0]]!r}" if present else "no class"
+            problems.append(f"the {name} split has {which} ({len(present)} of {k} classes present)")
+    unseen = [c for c in range(k) if not counts["train"][c] and (counts["val"][c] or counts["test"][c])]
+    if unseen:
+        problems.append(f"classes {[class_names[c] for c in unseen]} are in val/test but absent from train")
+    if not problems:
+        return
+    table = "; ".join(f"{name} " + ", ".join(f"{class_names[c]}: {counts[name][c]}" for c in range(k))
+                      for name in SPLITS)
+    raise DataError(f"{'; '.join(problems)}: a classifier needs at least 2 classes in train and in val (with "
+                    "one, val_auc is NaN and nothing is learned or measured) and must train on every class it "
+                    f"is scored on. Images per class and split: {table}. "
+                    "Fix: check `label_column` (the wrong column gives one class), add images of the "
+                    "missing classes, or change the split (a larger val_fraction / test_fraction, or the "
+                    "source's split column so every split holds every class)")
+
+
 def _carve(labels: np.ndarray, groups: np.ndarray | None, val_fraction: float,
            test_fraction: float, seed: int) -> np.ndarray:
     """Split codes for a pool: whole units (groups, or single images) per label stratum.
@@ -161,4 +203,4 @@ def groups_across_source_splits(source_split: np.ndarray | None, groups: np.ndar
 
 
 __all__ = ["SPLITS", "TRAIN", "VAL", "TEST", "split_code", "make_splits", "subsample_train",
-           "groups_across_source_splits"]
+           "class_counts", "check_class_presence", "groups_across_source_splits"]
