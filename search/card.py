@@ -2,7 +2,9 @@
 
 The card is written from the same ``config.json`` and ``metrics.json`` contents that
 ship beside it, so its numbers are the export's numbers. It holds counts and metrics
-only, never an image.
+only, never an image. It says in plain words what limits those numbers: images left out
+of the data while loading, patients shared across the source's splits, and a test split
+used by more than one export (its score then no longer an unbiased estimate).
 """
 
 from __future__ import annotations
@@ -27,18 +29,49 @@ def _number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _data_warnings(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """Card lines on images left out of the data and on patients shared across source splits."""
+    lines = []
+    skipped = {reason: n for reason, n in (summary.get("data_skipped") or {}).items() if n}
+    if skipped:
+        lines.append(f"- Left out while loading the data: {sum(skipped.values())} image(s): "
+                     + ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+                     + "; they are in no split and not counted below")
+    data = config["data"]
+    if data.get("allow_group_overlap") or (data.get("data_config") or {}).get("allow_group_overlap"):
+        count = data.get("group_overlap") or 0
+        who = (f"{count} patient (group) ids have" if count else "patients (groups) may have")
+        lines.append(f"- **Warning:** the study ran with `allow_group_overlap: true`: {who} images in more than one "
+                     "of the source's own splits, so test images may share patients with training images and the "
+                     "test scores may be optimistic")
+    return lines
+
+
+def _test_use_warning(uses: int) -> str | None:
+    """The plain-words warning once the test split has been looked at more than once."""
+    if uses <= 1:
+        return None
+    return (f"**The test split of this study has now been used {uses} times** (this export included): its "
+            "score is no longer an unbiased estimate of how the model does on new data, because choices made "
+            "after seeing earlier test scores fit that split. Report the first export's test score, or test on "
+            "new data.")
+
+
 def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str) -> str:
     """Render the model card.
 
     Args:
         config: the export's ``config.json`` contents.
-        summary: the export's ``metrics.json`` contents.
+        summary: the export's ``metrics.json`` contents (``test_uses``: this export's use
+            number of the test split; ``data_skipped``: images left out, by reason).
         space_text: the study's space file as it ran.
     """
     study, model, pre = config["study"], config["model"], config["preprocess"]
     best, search, sizes = summary["best"], summary["search"], summary["split_sizes"]
     names = model["class_names"]
     refit = summary["refit"]
+    uses = int(summary.get("test_uses", 1))  # exports before the count was kept: the one use of this export
+    reuse = _test_use_warning(uses)
     epochs = f"{study['epochs']} epoch" + ("s" if study["epochs"] != 1 else "")
     how = (f"retrained on train + validation ({summary['train_images']} images) for {epochs}, the best "
            "trial's best epoch count" if refit else
@@ -56,13 +89,16 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str)
         "- Classes: " + ", ".join(f"{i} = {name}" for i, name in enumerate(names)),
         f"- Images stored at {pre['stored_size'][0]}x{pre['stored_size'][1]}, {pre['channels']} channel(s)"
         + (f" (decoded to image_size {pre['image_size']})" if pre["image_size"] else " (native size)"),
+        *_data_warnings(config, summary),
         "",
         "| split | images | used for |",
         "|---|---|---|",
         f"| train | {sizes['train']} | training" + (" (with validation, in the refit)" if refit else "") + " |",
         f"| validation | {sizes['val']} | choosing the trial and its epoch" + (" and, in the refit, training"
                                                                               if refit else "") + " |",
-        f"| test | {sizes['test']} | this card only, once, after the search |",
+        f"| test | {sizes['test']} | "
+        + ("this card only, once, after the search |" if uses <= 1 else
+           f"this card, after the search: use {uses} of this split |"),
         "",
         f"Training images of the exported weights: {summary['train_images']}.",
         "",
@@ -94,6 +130,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str)
         "",
         "## Metrics",
         "",
+        *([reuse, ""] if reuse else []),
         "| metric | validation (best epoch, search) | test (exported model) |",
         "|---|---|---|",
     ]
@@ -137,7 +174,9 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str)
         "## Limits",
         "",
         "- The numbers hold for data like the test split: same source, scanner, population and preprocessing.",
-        "- The test split was not used to choose anything; testing more models on it would spend it.",
+        "- The test split was not used to choose anything; testing more models on it would spend it."
+        if uses <= 1 else f"- The test split has been used {uses} times: its scores are no longer an unbiased "
+        "estimate (see Metrics).",
         "",
     ]
     return "\n".join(lines)

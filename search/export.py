@@ -14,14 +14,23 @@ What the export folder holds, and why:
   than being re-implemented inside each graph. The ONNX file is checked against PyTorch
   with onnxruntime on real test images before the export is accepted.
 - ``MODEL_CARD.md``, ``metrics.json``, ``roc_curve.png``, ``confusion_matrix.png``.
+- ``manifest.json``: the SHA-256 and size of every other file, ``config.json`` included,
+  written last. One file listing all the others is the simplest rule that covers every
+  file whatever the order they are written in (the card, for one, is written from the
+  finished config); a hash inside ``config.json`` could not cover ``config.json``
+  itself. :func:`verify_export` checks it before anything loads an export, so an edited
+  ``config.json`` or a missing weights file is refused instead of predicting garbage.
 
-The test split is used here and only here: the final model is evaluated on it once, and
-the numbers go into the card and onto the study's MLflow parent run (``test_*``).
+The test split is used here and only here: each export evaluates the final model on it
+once, the numbers go into the card and onto the study's MLflow parent run (``test_*``),
+and the parent run counts the uses (``medtune.test_uses``): from the second export on,
+the card says that the test score is no longer an unbiased estimate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import tempfile
@@ -33,22 +42,24 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from search.studies import BestTrial, Study, StudyError, best_checkpoint, best_trial, child_runs
+from search.tags import DATA_SKIPPED_TAG
 from trainables.augment import InputSpec, prepare_batch
 from trainables.config import TrialConfig
 from trainables.data import ImageDataset
 
 EXPORT_FORMAT = "medtune-model"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: manifest.json with every file's SHA-256 (1: none)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 ONNX_FILE = "model.onnx"
 CARD_FILE = "MODEL_CARD.md"
 METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "medtune-export-manifest"
 FORMAT_TOLERANCE = 1e-4  # max abs difference in probabilities a reloaded format may have to PyTorch
 CHECK_IMAGES = 64
 SPACE_TAG_LIMIT = 7900  # search.tracking.start_study_run keeps this much of the space in a tag
@@ -57,7 +68,112 @@ Log = Callable[[str], None]
 
 
 class ExportError(ValueError):
-    """The export cannot be written as asked; the message names the fix."""
+    """The export cannot be written (or read back) as asked; the message names the fix."""
+
+
+def reexport_command(directory: Path, study_name: str | None = None) -> str:
+    """The command that rewrites ``directory`` from its study (``NAME`` when unknown)."""
+    return f"`search best {study_name or 'NAME'} --export {directory} --force`"
+
+
+def study_name_of(directory: Path) -> str | None:
+    """The study name in ``directory/config.json`` when it can be read, for messages only."""
+    try:
+        name = json.loads((directory / CONFIG_FILE).read_text())["study"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def altered_export(directory: Path, name: str, what: str) -> ExportError:
+    """The one error for an export whose files are missing or changed since it was written."""
+    return ExportError(f"this export is incomplete or was altered: {directory / name} ({what}); re-export it with "
+                       f"{reexport_command(directory, study_name_of(directory))}")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (weights can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> dict[str, Any]:
+    """Write ``manifest.json``: SHA-256 and size of every other file in ``directory``.
+
+    Called once every other file is final, so the manifest covers all of them,
+    ``config.json`` included.
+    """
+    files = {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+             for path in sorted(directory.iterdir()) if path.is_file() and path.name != MANIFEST_FILE}
+    manifest = {"format": MANIFEST_FORMAT, "algorithm": "sha256", "files": files}
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def verify_export(directory: Path) -> bool:
+    """Check every file ``manifest.json`` lists: present, same size, same SHA-256.
+
+    Returns:
+        True when the export has a manifest and every file matches it; False when it has
+        no manifest (an export written before manifests existed: it cannot be verified,
+        and the caller decides whether that is allowed).
+
+    Raises:
+        ExportError: the manifest is unreadable, does not cover ``config.json`` and the
+            weights, or a listed file is missing or differs ("this export is incomplete
+            or was altered: ...").
+    """
+    path = directory / MANIFEST_FILE
+    if not path.exists():
+        return False
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        if manifest.get("format") != MANIFEST_FORMAT or manifest.get("algorithm") != "sha256" \
+                or not isinstance(files, dict):
+            raise ValueError(f"not a {MANIFEST_FORMAT} with sha256 entries")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise altered_export(directory, MANIFEST_FILE, f"unreadable: {err}") from None
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if required not in files:
+            raise altered_export(directory, MANIFEST_FILE, f"it does not list {required}")
+    for name, entry in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise altered_export(directory, MANIFEST_FILE, f"it lists {name!r}, which is not a file name")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise altered_export(directory, MANIFEST_FILE, f"its entry for {name} has no sha256")
+        file = directory / name
+        if not file.is_file():
+            raise altered_export(directory, name, "missing")
+        size, listed = file.stat().st_size, entry.get("bytes")
+        if (isinstance(listed, int) and size != listed) or sha256_file(file) != entry["sha256"]:
+            sizes = f"; {size} bytes, {listed} when exported" if isinstance(listed, int) and size != listed else ""
+            raise altered_export(directory, name, f"changed since export: its SHA-256 differs from the one in "
+                                                  f"{MANIFEST_FILE}{sizes}")
+    return True
+
+
+def data_content_digest(source: Path, settings: Any) -> str:
+    """Digest of the bytes of a data source as ``settings`` (a DataConfig) reads it.
+
+    The same digest the decode cache keys on: file names inside the source are relative,
+    so a copy of the data at another path has the same digest. ``search predict`` uses
+    it to recognise the study's data wherever it lies.
+
+    Raises:
+        DataError: ``source`` cannot be read with these settings (so it is not that data).
+    """
+    from trainables.data.cache import content_digest
+    from trainables.data.sources import open_source
+
+    manifest = open_source(source, settings)
+    try:
+        return content_digest(manifest.hash_files)
+    finally:
+        manifest.close()
 
 
 @dataclass(frozen=True)
@@ -126,7 +242,7 @@ def _is_export(directory: Path) -> bool:
 def study_space(client: Any, study: Study) -> tuple[Any, str]:
     """The space exactly as the study ran it (parsed, and its text): the parent run's
     ``space.yaml``, else the space file."""
-    from search.space import parse_space
+    from search.space import load_yaml, parse_space
 
     text = client.get_run(study.parent_run_id).data.tags.get("medtune.space")
     if text is None or len(text) >= SPACE_TAG_LIMIT:  # the tag holds a space only up to its length limit
@@ -141,7 +257,7 @@ def study_space(client: Any, study: Study) -> tuple[Any, str]:
             raise StudyError(f"study {study.name!r} has no space.yaml in its MLflow run and its space file "
                              f"{path} is gone; put the space file back at that path")
         text = path.read_text()
-    return parse_space(Path(study.space_path), yaml.safe_load(text) or {}), text
+    return parse_space(Path(study.space_path), load_yaml(text) or {}), text
 
 
 def study_data(client: Any, study: Study, log: Log) -> tuple[Any, str, ImageDataset]:
@@ -362,7 +478,8 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
-        "files": {"weights": WEIGHTS_FILE, "torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "card": CARD_FILE},
+        "files": {"weights": WEIGHTS_FILE, "torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "card": CARD_FILE,
+                  "manifest": MANIFEST_FILE},
         "model": {
             "backbone": config.backbone,
             "num_classes": data.num_classes,
@@ -391,7 +508,11 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
         },
         "trial_config": config.to_dict(),
         "data": {"source": str((space.raw.get("data") or {}).get("source", data.source)),
-                 "data_config": dataclasses.asdict(space.data), "fingerprint": data.fingerprint},
+                 "data_config": dataclasses.asdict(space.data), "fingerprint": data.fingerprint,
+                 "content_digest": data_content_digest(Path(data.source), space.data),
+                 # DataConfig / ImageDataset fields newer than this module: absent means False / 0
+                 "allow_group_overlap": bool(getattr(space.data, "allow_group_overlap", False)),
+                 "group_overlap": int(getattr(data, "group_overlap", 0))},
         "study": {"name": study.name, "trial_id": best.trial_id, "run_id": best.run_id,
                   "parent_run_id": study.parent_run_id, "tracking_uri": study.tracking_uri,
                   "metric": best.metric, "value": best.value, "best_epoch": best.epoch,
@@ -400,6 +521,27 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": library_versions(),
     }
+
+
+def skipped_images(client: Any, study: Study, data: ImageDataset, log: Log) -> dict[str, int]:
+    """Images left out of the study's data while loading, by reason (``{"unreadable": 3}``).
+
+    The study's parent run records them in the ``medtune.data_skipped`` tag (JSON); a
+    study without that tag gets the counts of the export's own load of the same data
+    (same fingerprint, so the same images were left out). Zero counts are dropped.
+    """
+    text = client.get_run(study.parent_run_id).data.tags.get(DATA_SKIPPED_TAG)
+    counts: Any = data.skipped
+    if text is not None:
+        try:
+            counts = json.loads(text)
+            if not isinstance(counts, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            log(f"warning: tag {DATA_SKIPPED_TAG} of the study's parent run is not a JSON object of counts "
+                f"({err}: {text[:80]!r}); the card uses the counts of this export's own data load instead")
+            counts = data.skipped
+    return {str(reason): n for reason, n in counts.items() if isinstance(n, int) and not isinstance(n, bool) and n > 0}
 
 
 def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[str, Any]:
@@ -416,6 +558,7 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     from sklearn.metrics import confusion_matrix
 
     from search.card import model_card
+    from search.publish import count_test_use
     from search.tracking import roc_and_confusion_png
     from trainables.trial import input_spec_for
 
@@ -433,10 +576,14 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
 
     test, probs, labels = evaluate_split(model, spec, data, "test", config.eval_batch("cpu"))
     matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(data.num_classes))).tolist()
-    log("test: " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in test.items()) + f"  ({len(labels)} images)")
+    # The scores are about to be seen: this counts as a use of the test split even if the export fails later.
+    test_uses = count_test_use(client, study)
+    log("test: " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in test.items()) + f"  ({len(labels)} images; use "
+        f"{test_uses} of this study's test split)")
     config_json = export_config(space, data, final, spec, study, best)
     summary: dict[str, Any] = {
         "test": test, "test_confusion_matrix": matrix, "validation": validation_metrics(client, best),
+        "test_uses": test_uses, "data_skipped": skipped_images(client, study, data, log),
         "split_sizes": data.split_sizes(), "train_images": final.train_images, "refit": options.refit,
         "search": search_timing(client, study), "best": dataclasses.asdict(best),
     }
@@ -444,7 +591,7 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     metadata = {"format": EXPORT_FORMAT, "backbone": config.backbone, "trial_config": json.dumps(config.to_dict()),
                 "num_classes": str(data.num_classes), "data_channels": str(data.channels),
                 "class_names": json.dumps(list(data.class_names))}
-    plots = roc_and_confusion_png(labels, probs, list(data.class_names))
+    plots = roc_and_confusion_png(labels, probs, list(data.class_names), "test split")
 
     # Everything is written to a staging folder and renamed at the end: a failed export
     # (e.g. an ONNX mismatch) leaves neither a half-written folder nor a damaged old one.
@@ -459,6 +606,7 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
         (staging / CONFIG_FILE).write_text(json.dumps(config_json, indent=2))
         (staging / METRICS_FILE).write_text(json.dumps(summary, indent=2, default=_plain))
         (staging / CARD_FILE).write_text(model_card(config_json, summary, space_text))
+        write_manifest(staging)  # last: it covers every file above
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
@@ -485,4 +633,5 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["ExportError", "ExportOptions", "Probabilities", "check_target", "export_best", "rebuild_model"]
+__all__ = ["ExportError", "ExportOptions", "Probabilities", "altered_export", "check_target", "data_content_digest",
+           "export_best", "rebuild_model", "reexport_command", "sha256_file", "verify_export", "write_manifest"]

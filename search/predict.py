@@ -9,8 +9,15 @@ weights. An INPUT is:
 - an image file (PNG, JPEG, TIFF...), or a folder of them (not recursive);
 - a data set ``load_dataset`` understands (a MedMNIST ``.npz``, a CSV manifest or
   ``.zip``, an ImageFolder tree, a Kaggle-PCam folder): its test split by default, which
-  is the study's held-out split when it is the study's own source; ``--split all`` for
-  every image.
+  is the study's held-out split when it holds the study's data, recognised by content
+  (a copy at another path counts); ``--split all`` for every image.
+
+Before anything runs, the export is checked: every file its ``manifest.json`` lists must
+be there with the same SHA-256 (exports written before manifests existed load with a
+warning that they cannot be verified), and, as a second line of defence for configs
+written by hand, ``config.json`` must be coherent (a positive std per input channel, one
+class name per network output, the backbone the weights were saved for). Probabilities
+that are not finite stop the run rather than labelling every image.
 
 The output is a CSV with one row per image: ``path, pred, class_name, prob_<class>...``
 (and ``label`` when the data set has labels). For Kaggle's PCam test folder (``<id>.tif``
@@ -24,9 +31,11 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +45,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.export import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE, rebuild_model
+from search.export import (CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, altered_export,
+                           data_content_digest, rebuild_model, reexport_command, verify_export)
 from trainables.augment import InputSpec, prepare_batch
 from trainables.config import DataConfig, TrialConfig
+from trainables.data import ImageDataset
+
+Log = Callable[[str], None]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"})
 DATASET_SUFFIXES = frozenset({".npz", ".csv", ".zip"})
@@ -71,20 +84,148 @@ class ExportedModel:
         return self.config["preprocess"]
 
     @torch.no_grad()
-    def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities ``(N, K)`` of uint8 images ``(N, H, W, C)`` as stored."""
+    def probabilities(self, images: np.ndarray, batch_size: int = 256, names: list[str] | None = None) -> np.ndarray:
+        """Class probabilities ``(N, K)`` of uint8 images ``(N, H, W, C)`` as stored.
+
+        Raises:
+            PredictError: some probabilities are NaN or infinite (broken weights or
+                preprocessing: a prediction from them would be a label with no meaning).
+        """
         out = []
         for start in range(0, len(images), batch_size):
             x = prepare_batch(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])), self.spec)
             out.append(torch.softmax(self.network(x), dim=1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+        probs = np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+        bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+        if len(bad):
+            where = ", ".join(names[i] if names else f"image {i}" for i in bad[:3])
+            raise PredictError(f"the model in {self.directory} gives non-finite (NaN or infinite) probabilities for "
+                               f"{len(bad)} of {len(probs)} images (e.g. {where}): its weights or preprocessing "
+                               f"settings are broken; re-export it with "
+                               f"{reexport_command(self.directory, self.config['study'].get('name'))}")
+        return probs
 
 
-def load_exported(directory: str | Path) -> ExportedModel:
-    """Rebuild an exported network from ``config.json`` and load its safetensors weights."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def check_config(config: dict[str, Any], directory: Path) -> None:
+    """Refuse a ``config.json`` whose settings cannot give meaningful predictions.
+
+    A second line of defence besides the manifest, for configs written or edited by
+    hand: the checks are those whose failure otherwise shows as NaN outputs, a CSV with
+    more probability columns than class names, or a traceback from deep inside torch.
+
+    Raises:
+        PredictError: the first broken setting, with its value and the fix.
+    """
+    fix = f"re-export it with {reexport_command(directory, (config.get('study') or {}).get('name'))}"
+
+    def rule(ok: bool, what: str) -> None:
+        if not ok:
+            raise PredictError(f"{directory / CONFIG_FILE} is not a usable export config: {what}; {fix}")
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    version = config.get("format_version", 1)
+    if isinstance(version, int) and version > EXPORT_VERSION:
+        raise PredictError(f"{directory} is export format version {version}, newer than this medtune reads "
+                           f"({EXPORT_VERSION}); upgrade medtune")
+    for section in ("model", "preprocess", "trial_config", "data"):
+        rule(isinstance(config.get(section), dict), f"section {section!r} is missing or not an object")
+    model, pre = config["model"], config["preprocess"]
+    names, k = model.get("class_names"), model.get("num_classes")
+    rule(positive_int(k) and k >= 2, f"model.num_classes must be an integer >= 2, but is {k!r}")
+    rule(isinstance(names, list) and all(isinstance(n, str) and n for n in names),
+         f"model.class_names must be a list of non-empty strings, but is {names!r}")
+    rule(len(names) == k, f"model.class_names has {len(names)} name(s) {names} but the model has {k} outputs "
+                          "(model.num_classes): every output needs exactly one class name")
+    rule(len(set(names)) == len(names), f"model.class_names {names} repeats a name")
+    rule(pre.get("channels") in (1, 3), f"preprocess.channels must be 1 or 3, but is {pre.get('channels')!r}")
+    rule(model.get("data_channels") == pre["channels"],
+         f"model.data_channels {model.get('data_channels')!r} differs from preprocess.channels {pre['channels']}")
+    rule(positive_int(pre.get("in_chans")), f"preprocess.in_chans must be an integer >= 1, but is "
+                                            f"{pre.get('in_chans')!r}")
+    mean, std, c = pre.get("mean"), pre.get("std"), pre["in_chans"]
+    rule(isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == c,
+         f"preprocess.mean and preprocess.std need one value per input channel (in_chans {c}), but are "
+         f"{mean!r} and {std!r}")
+    rule(all(finite(m) for m in mean), f"preprocess.mean must be finite numbers, but is {mean}")
+    rule(all(finite(v) and v > 0 for v in std),
+         f"preprocess.std must be a finite number > 0 in every channel (images are divided by it), but is {std}")
+    stored = pre.get("stored_size")
+    rule(isinstance(stored, list) and len(stored) == 2 and all(positive_int(v) for v in stored),
+         f"preprocess.stored_size must be [height, width] in pixels, but is {stored!r}")
+    rule(positive_int(pre.get("input_size")), f"preprocess.input_size must be an integer >= 1, but is "
+                                              f"{pre.get('input_size')!r}")
+    for key in ("crop_size", "image_size"):
+        rule(pre.get(key) is None or positive_int(pre[key]), f"preprocess.{key} must be null or an integer >= 1, "
+                                                             f"but is {pre.get(key)!r}")
+    backbone = config["trial_config"].get("backbone")
+    rule(model.get("backbone") == backbone, f"model.backbone {model.get('backbone')!r} differs from "
+                                            f"trial_config.backbone {backbone!r}")
+
+
+def check_weights_metadata(config: dict[str, Any], directory: Path) -> None:
+    """Refuse a ``config.json`` that describes another network than ``model.safetensors`` holds.
+
+    The weights file records, in its metadata, the backbone, trial config, number of
+    classes and channels it was saved with; a config edited since (another backbone,
+    another class count) would otherwise fail deep inside torch or mislabel every output.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a damaged header
+        raise PredictError(str(altered_export(directory, WEIGHTS_FILE,
+                                              f"unreadable: {type(err).__name__}: {err}"))) from None
+    model = config["model"]
+    # Class names are not compared: renaming them is harmless, and their count is checked
+    # against num_classes (compared here) by check_config.
+    expected = {"backbone": model["backbone"], "num_classes": model["num_classes"],
+                "data_channels": model["data_channels"], "trial_config": config["trial_config"]}
+    for key, value in expected.items():
+        if key not in metadata:  # metadata is all strings: the trial config as JSON, numbers as text
+            continue
+        if key == "trial_config":
+            try:
+                same = json.loads(metadata[key]) == value
+            except ValueError:
+                same = False
+        else:
+            same = metadata[key] == str(value)
+        if not same:
+            shown = metadata[key] if key != "trial_config" else "another trial config"
+            raise PredictError(f"{directory / CONFIG_FILE} does not describe the network in {WEIGHTS_FILE}: its "
+                               f"{key} is {value!r}, but the weights were saved with {shown!r}; re-export it with "
+                               f"{reexport_command(directory, config['study'].get('name'))}")
+
+
+def load_exported(directory: str | Path, warn: Log = _warn) -> ExportedModel:
+    """Check an export folder, rebuild its network from ``config.json`` and load its weights.
+
+    Args:
+        directory: the folder ``search best NAME --export DIR`` wrote.
+        warn: receives the one-line warning for an export without ``manifest.json``.
+
+    Raises:
+        PredictError: not an export, a file missing or changed since export, a config
+            that cannot work, or weights that do not fit it; each message names the fix.
+    """
     from safetensors.torch import load_model
 
     directory = Path(directory)
+    try:
+        verified = verify_export(directory)
+    except ValueError as err:
+        raise PredictError(str(err)) from None
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
     except (OSError, ValueError):
@@ -92,12 +233,40 @@ def load_exported(directory: str | Path) -> ExportedModel:
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise PredictError(f"{directory} is not a medtune export (no readable {CONFIG_FILE}); pass the folder "
                            "written by `search best NAME --export DIR`")
+    study = config.get("study") if isinstance(config.get("study"), dict) else {}
+    config["study"] = study
+    if not verified:
+        version = config.get("format_version", 1)
+        if isinstance(version, int) and version >= 2:
+            raise PredictError(str(altered_export(directory, MANIFEST_FILE, "missing; exports of format version 2 "
+                                                                            "and later always have one")))
+        warn(f"{directory} was exported before medtune wrote {MANIFEST_FILE}, so its files cannot be verified; "
+             f"re-export it with {reexport_command(directory, study.get('name'))} to add checksums")
+    check_config(config, directory)
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise PredictError(str(altered_export(directory, WEIGHTS_FILE, "missing")))
+    check_weights_metadata(config, directory)
     model, pre = config["model"], config["preprocess"]
-    network = rebuild_model(TrialConfig.from_dict(config["trial_config"]), model["num_classes"], model["data_channels"])
-    load_model(network, str(directory / WEIGHTS_FILE))
     spec = InputSpec(crop_size=pre["crop_size"], input_size=pre["input_size"], in_chans=pre["in_chans"],
-                     mean=tuple(pre["mean"]), std=tuple(pre["std"]))
-    return ExportedModel(directory, config, network.eval(), spec)
+                     mean=tuple(float(m) for m in pre["mean"]), std=tuple(float(v) for v in pre["std"]))
+    try:
+        network = rebuild_model(TrialConfig.from_dict(config["trial_config"]), model["num_classes"],
+                                model["data_channels"])
+        load_model(network, str(directory / WEIGHTS_FILE))
+        with torch.no_grad():  # one blank input: the shapes config.json promises must go through
+            outputs = network.eval()(torch.zeros(1, pre["in_chans"], pre["input_size"], pre["input_size"])).shape
+    except Exception as err:  # noqa: BLE001 - timm, torch and safetensors raise many types for a mismatch
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise PredictError(f"the network described by {directory / CONFIG_FILE} (backbone "
+                           f"{model['backbone']!r}, {model['num_classes']} classes, input {pre['in_chans']}x"
+                           f"{pre['input_size']}x{pre['input_size']}) cannot be built or does not fit "
+                           f"{WEIGHTS_FILE} ({type(err).__name__}: {first[:300]}); re-export it with "
+                           f"{reexport_command(directory, study.get('name'))}") from None
+    if tuple(outputs) != (1, len(model["class_names"])):
+        raise PredictError(f"the network of {directory} outputs shape {tuple(outputs)} for one image, but "
+                           f"{CONFIG_FILE} names {len(model['class_names'])} classes; re-export it with "
+                           f"{reexport_command(directory, study.get('name'))}")
+    return ExportedModel(directory, config, network, spec)
 
 
 @dataclass
@@ -198,23 +367,67 @@ def file_parts(source: Source, model: ExportedModel, workers: int = 4) -> Iterat
             yield Part([str(p) for p in chunk], images, None)
 
 
-def dataset_part(source: Source, model: ExportedModel, split: str) -> Part:
+def study_dataset(source: Source, model: ExportedModel, log: Log) -> ImageDataset | None:
+    """The data set at ``source`` loaded with the study's data settings, when it holds the study's data.
+
+    Recognised by content, never by path: a copy of the study's data anywhere (another
+    folder, another file name) is loaded with the study's split settings, and its
+    dataset fingerprint (content, decoding and split) must equal the export's. Exports
+    that record the content digest are compared on it first, so other data sets are
+    not decoded with the study's settings for nothing.
+
+    Returns:
+        The study's data (so its test split is the held-out one), or None for other data.
+    """
+    from trainables.data import DataError, load_dataset
+
+    stored = model.config["data"]
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    settings = {k: v for k, v in (stored.get("data_config") or {}).items() if k in known}
+    try:
+        config = DataConfig(**{**settings, "source": str(source.path.resolve())})
+    except TypeError:  # a hand-edited data_config: not usable to recognise the study's data
+        return None
+    digest = stored.get("content_digest")
+    if digest is not None:
+        try:
+            if data_content_digest(source.path.resolve(), config) != digest:
+                return None
+        except DataError:  # the study's settings (columns, layout) do not even fit: other data
+            return None
+    try:
+        data = load_dataset(config)
+    except DataError:
+        if digest is None:
+            return None
+        raise
+    if data.fingerprint == stored.get("fingerprint"):
+        return data
+    if digest is None:
+        return None
+    log(f"warning: {source.path} holds the study's images, but they load now with another split or decoding "
+        f"(fingerprint {data.fingerprint[:12]}, the study's {str(stored.get('fingerprint'))[:12]}: another medtune "
+        "or Pillow version?); its splits are made with the study's settings but may differ from the study's")
+    return data
+
+
+def dataset_part(source: Source, model: ExportedModel, split: str, log: Log = print) -> Part:
     """A data set's ``split`` (or every image), decoded like the study's data.
 
-    The study's own source is loaded with the study's data settings, so its test split
-    is exactly the held-out one; any other source with the export's size and channels.
+    The study's data (recognised by content, see :func:`study_dataset`) is loaded with
+    the study's data settings, so its test split is exactly the held-out one; any other
+    data set with the export's size and channels and medtune's default split.
     """
     from trainables.data import load_dataset
 
-    known = {f.name for f in dataclasses.fields(DataConfig)}
-    study_data = {k: v for k, v in model.config["data"]["data_config"].items() if k in known}
     pre = model.preprocess
-    if Path(study_data["source"]).resolve() == source.path.resolve():
-        config = DataConfig(**study_data)
-    else:
-        config = DataConfig(source=str(source.path.resolve()), image_size=pre["image_size"],
-                            channels=pre["channels"], blank_filter=False)
-    data = load_dataset(config)
+    data = study_dataset(source, model, log)
+    if data is None:
+        if split != "all":
+            log(f"{source.path} is not the data this model's study ran on (compared by content), so its {split} "
+                "split is medtune's default split of it, not the study's held-out split")
+        data = load_dataset(DataConfig(source=str(source.path.resolve()), image_size=pre["image_size"],
+                                       channels=pre["channels"], blank_filter=False))
     stored = tuple(pre["stored_size"])
     if data.images.shape[1:3] != stored:
         raise PredictError(f"the images of {source.path} are {data.images.shape[2]}x{data.images.shape[1]} pixels, "
@@ -248,8 +461,9 @@ def predict_inputs(directory: str | Path, inputs: list[str], out: str | Path | N
         The CSV path (default ``submission.csv`` in Kaggle's format, else ``predictions.csv``).
 
     Raises:
-        PredictError: not an export, a missing or unreadable input, an image of the wrong
-            size or mode, or Kaggle's format asked of a model that is not two-class.
+        PredictError: not an export or one altered since export (see :func:`load_exported`),
+            a missing or unreadable input, an image of the wrong size or mode, non-finite
+            probabilities, or Kaggle's format asked of a model that is not two-class.
     """
     model = load_exported(directory)
     sources = resolve_inputs(inputs)
@@ -269,9 +483,10 @@ def predict_inputs(directory: str | Path, inputs: list[str], out: str | Path | N
             writer.writerow(["id", "label"] if kaggle else
                             ["path", "pred", "class_name", *[f"prob_{n}" for n in names]] + (["label"] * with_labels))
             for source in sources:
-                parts = file_parts(source, model) if source.kind == "files" else [dataset_part(source, model, split)]
+                parts = (file_parts(source, model) if source.kind == "files"
+                         else [dataset_part(source, model, split, log)])
                 for part in parts:
-                    probs = model.probabilities(part.images, batch_size)
+                    probs = model.probabilities(part.images, batch_size, part.names)
                     writer.writerows(csv_rows(part, probs, names, kaggle, with_labels))
                     count += len(part.names)
                     if part.labels is not None:
@@ -290,4 +505,5 @@ def predict_inputs(directory: str | Path, inputs: list[str], out: str | Path | N
     return path
 
 
-__all__ = ["ExportedModel", "PredictError", "load_exported", "predict_inputs", "resolve_inputs"]
+__all__ = ["ExportedModel", "PredictError", "check_config", "load_exported", "predict_inputs", "resolve_inputs",
+           "study_dataset"]

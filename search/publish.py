@@ -1,4 +1,5 @@
-"""The MLflow side of an export: test results on the study's parent run, and the registry.
+"""The MLflow side of an export: the count of test-split uses and the test results on the
+study's parent run, and the registry.
 
 Kept apart from :mod:`search.export` (which builds, tests and writes the files) because
 everything here changes shared state: the study's MLflow records and its model registry.
@@ -16,25 +17,46 @@ from typing import Any
 
 import numpy as np
 
-from search.export import CARD_FILE, CONFIG_FILE, METRICS_FILE, ONNX_FILE
+from search.export import CARD_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, ONNX_FILE
 from search.studies import Study
+from search.tags import EXPORTED_TAG, TEST_USES_TAG
+
+
+def count_test_use(client: Any, study: Study) -> int:
+    """Count one more use of the study's test split on its parent run; return the new count.
+
+    Every look at test scores spends some of the split's value as an unbiased estimate,
+    so the card of each export states how many times it has been used. A study exported
+    before this count existed (it has ``medtune.export.trial_id`` but no count) is
+    counted as used once already. The count is a read-then-write of one tag: two exports
+    of one study finishing at the same instant may both record the same number.
+    """
+    tags = client.get_run(study.parent_run_id).data.tags
+    try:
+        before = int(tags[TEST_USES_TAG])
+    except (KeyError, ValueError):
+        before = 1 if EXPORTED_TAG in tags else 0
+    uses = max(before, 0) + 1
+    client.set_tag(study.parent_run_id, TEST_USES_TAG, str(uses))
+    return uses
 
 
 def log_test_results(client: Any, study: Study, directory: Path, summary: dict[str, Any],
                      plots: dict[str, bytes]) -> None:
-    """``test_*`` metrics, the test ROC curve and confusion matrix, and the card on the parent run."""
+    """``test_*`` metrics, the test ROC curve and confusion matrix, and the card, config, metrics and
+    manifest on the parent run."""
     from search.tracking import Metric, RunTag, log_png, now_ms
 
     stamp = now_ms()
     metrics = [Metric(k, float(v), stamp, 0) for k, v in summary["test"].items() if np.isfinite(v)]
-    tags = [RunTag("medtune.export.trial_id", summary["best"]["trial_id"]),
+    tags = [RunTag(EXPORTED_TAG, summary["best"]["trial_id"]),
             RunTag("medtune.export.refit", str(summary["refit"]).lower()),
             RunTag("medtune.export.train_images", str(summary["train_images"])),
             RunTag("medtune.test_confusion_matrix", json.dumps(summary["test_confusion_matrix"]))]
     client.log_batch(study.parent_run_id, metrics=metrics, tags=tags)
     for name, content in plots.items():
         log_png(client, study.parent_run_id, f"test_{name}", content)
-    for name in (CARD_FILE, CONFIG_FILE, METRICS_FILE):
+    for name in (CARD_FILE, CONFIG_FILE, METRICS_FILE, MANIFEST_FILE):  # the manifest records the weights' hash
         client.log_artifact(study.parent_run_id, str(directory / name), artifact_path="export")
 
 
@@ -82,4 +104,4 @@ def register(study: Study, directory: Path, name: str, config_json: dict[str, An
     return str(version.version)
 
 
-__all__ = ["log_test_results", "register"]
+__all__ = ["count_test_use", "log_test_results", "register"]

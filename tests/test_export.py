@@ -5,11 +5,17 @@ for the module through the real ``search run`` command; the export, its reloads 
 format, the test metrics, predictions and the error messages are checked against it. A
 tiny study on Kaggle's PCam sample layout gives a 3-channel 96 px model for Kaggle's
 submission format, and a study whose every trial errors gives "no finished trial".
+
+The hostile-user checks copy a real export and damage the copy the way a user could
+(editing ``config.json``, deleting the weights, planting NaN weights), then run
+``search predict`` on real images; the test-split count, the skipped-image lines and the
+patient-overlap warning are read from real exports of the same study.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -79,8 +85,11 @@ resources: {cpus: 1}
 KAGGLE_TEST = "pcam_kaggle_sample/test"
 
 
-def run_study(root: Path, space: str) -> Path:
-    """Run ``search run`` in a subprocess (its own Ray) with MLflow in ``root/mlflow.db``."""
+def run_study(root: Path, space: str, returncode: int = 0) -> Path:
+    """Run ``search run`` in a subprocess (its own Ray) with MLflow in ``root/mlflow.db``.
+
+    ``returncode``: the exit status expected (1 when no trial of the study finishes).
+    """
     name = space.split("name: ", 1)[1].split()[0]
     path = root / f"{name}.yaml"
     path.write_text(textwrap.dedent(space))
@@ -89,7 +98,7 @@ def run_study(root: Path, space: str) -> Path:
         proc = subprocess.run([sys.executable, "-m", "search.cli", "run", str(path), "--storage", str(root / "studies"),
                                "--num-cpus", "2"], cwd=root, stdout=handle, stderr=subprocess.STDOUT, timeout=900,
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
-    assert proc.returncode == 0, log.read_text()
+    assert proc.returncode == returncode, log.read_text()
     return root / "studies" / name
 
 
@@ -137,7 +146,7 @@ def test_list_shows_each_study_with_trials_and_best_metric(study, record, root, 
     assert search("list", "--storage", storage(root)) == 0
     out = capsys.readouterr().out
     client = MlflowClient(record["tracking_uri"])
-    best = client.get_run(record["parent_run_id"]).data.metrics["best_val_auc"]
+    best = client.get_run(record["parent_run_id"]).data.metrics["study_best_val_auc"]
     line = next(line for line in out.splitlines() if line.startswith("quick "))
     assert record["created"].replace("T", " ") in line
     assert " 4 " in line and f"val_auc {best:.4f}" in line and "finished" in line, out
@@ -315,7 +324,7 @@ def test_bad_inputs_name_the_problem_and_the_fix(exported, study, record, root, 
     assert "MLflow run 0000" in err and "ghost" in err
     shutil.rmtree(fake)
 
-    run_study(root, ERRORED_SPACE)
+    run_study(root, ERRORED_SPACE, returncode=1)  # `search run` exits 1 when no trial finished
     err = error("best", "broken", "--storage", storage(root), "--export", str(root / "exports" / "broken"))
     assert "has no finished trial" in err and "1 errored" in err and "crop_size 128 is larger" in err
     assert not (root / "exports" / "broken").exists()
@@ -391,3 +400,246 @@ def test_a_tied_best_epoch_uses_the_kept_checkpoint_with_the_same_score(tmp_path
         best_checkpoint(study, BestTrial("abc12345", "r", "val_auc", "max", 0.95, 2, "completed", 4, {}, []))
     with pytest.raises(StudyError, match="trial abc99999 .* has no folder"):
         best_checkpoint(study, BestTrial("abc99999", "r", "val_auc", "max", 1.0, 2, "completed", 4, {}, []))
+
+
+# ----------------------------------------------------------------- altered and hand-written exports
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def copy_export(source: Path, target: Path) -> Path:
+    """A fresh copy of an export folder, to damage without touching the original."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    return target
+
+
+def rehash(folder: Path, name: str) -> None:
+    """Make ``manifest.json`` (when there is one) agree with ``name`` again, as a user who
+    regenerated the checksums, or wrote the export by hand, would: only the config and
+    output checks stand between such an export and garbage predictions."""
+    path = folder / "manifest.json"
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        manifest["files"][name] = {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
+        path.write_text(json.dumps(manifest, indent=2))
+
+
+def edit_config(folder: Path, change, keep_manifest_valid: bool) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if keep_manifest_valid:
+        rehash(folder, "config.json")
+
+
+def refused(capsys, folder: Path, *inputs: str, out: Path) -> str:
+    """Run ``search predict`` expecting exit 2 and no CSV; return stderr."""
+    assert search("predict", str(folder), *inputs, "--out", str(out)) == 2
+    assert not out.exists()
+    return capsys.readouterr().err
+
+
+def test_export_manifest_covers_every_file_and_predict_refuses_altered_files(exported, root, data_root, capsys):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    files = {p.name for p in exported.iterdir()} - {"manifest.json"}
+    assert {"config.json", "model.safetensors", "model.onnx", "model.torchscript.pt", "MODEL_CARD.md",
+            "metrics.json", "roc_curve.png", "confusion_matrix.png"} <= files
+    assert manifest["algorithm"] == "sha256" and set(manifest["files"]) == files
+    for name, entry in manifest["files"].items():
+        assert entry == {"sha256": sha256(exported / name), "bytes": (exported / name).stat().st_size}, name
+    assert json.loads((exported / "config.json").read_text())["format_version"] == 2
+
+    npz = str(data_root / "medmnist" / "pneumoniamnist.npz")
+    out = root / "altered.csv"
+    fix = f"re-export it with `search best quick --export {root / 'altered'} --force`"
+
+    folder = copy_export(exported, root / "altered")  # the reviewer's edit: std 0 -> NaN for every image
+    edit_config(folder, lambda c: c["preprocess"].update(std=[0.0]), keep_manifest_valid=False)
+    err = refused(capsys, folder, npz, out=out)
+    assert f"this export is incomplete or was altered: {folder / 'config.json'} (changed since export: its " \
+           "SHA-256 differs from the one in manifest.json" in err
+    assert fix in err
+
+    folder = copy_export(exported, root / "altered")
+    (folder / "model.safetensors").unlink()
+    err = refused(capsys, folder, npz, out=out)
+    assert f"this export is incomplete or was altered: {folder / 'model.safetensors'} (missing)" in err and fix in err
+
+    folder = copy_export(exported, root / "altered")  # every listed file counts, not only what predict reads
+    with open(folder / "MODEL_CARD.md", "a") as handle:
+        handle.write("\nTest AUC 0.999 (edited)\n")
+    err = refused(capsys, folder, npz, out=out)
+    size = (folder / "MODEL_CARD.md").stat().st_size
+    assert f"altered: {folder / 'MODEL_CARD.md'} (changed since export: its SHA-256 differs from the one in " \
+           f"manifest.json; {size} bytes, {size - 25} when exported)" in err
+
+
+def test_hand_written_config_with_impossible_settings_is_refused(exported, root, data_root, capsys):
+    npz = str(data_root / "medmnist" / "pneumoniamnist.npz")
+    out = root / "handwritten.csv"
+    cases = [
+        (lambda c: c["preprocess"].update(std=[0.0]), "preprocess.std must be a finite number > 0 in every channel"),
+        (lambda c: c["model"].update(class_names=["normal"]),
+         "model.class_names has 1 name(s) ['normal'] but the model has 2 outputs"),
+        (lambda c: c["preprocess"].update(mean=[0.5, 0.5, 0.5]),
+         "preprocess.mean and preprocess.std need one value per input channel (in_chans 1)"),
+    ]
+    for change, message in cases:
+        folder = copy_export(exported, root / "handwritten")
+        edit_config(folder, change, keep_manifest_valid=True)
+        err = refused(capsys, folder, npz, out=out)
+        assert f"{folder / 'config.json'} is not a usable export config: {message}" in err, err
+        assert f"re-export it with `search best quick --export {folder} --force`" in err
+
+
+def test_changed_backbone_or_missing_weights_give_clear_errors(exported, root, data_root, capsys):
+    npz = str(data_root / "medmnist" / "pneumoniamnist.npz")
+    out = root / "backbone.csv"
+
+    def other_backbone(config: dict) -> None:
+        config["model"]["backbone"] = config["trial_config"]["backbone"] = "cnn9"
+
+    folder = copy_export(exported, root / "backbone")
+    edit_config(folder, other_backbone, keep_manifest_valid=True)
+    err = refused(capsys, folder, npz, out=out)
+    assert "does not describe the network in model.safetensors: its backbone is 'cnn9', but the weights were " \
+           "saved with 'cnn3'" in err and "--force`" in err
+
+    folder = copy_export(exported, root / "backbone")
+    edit_config(folder, lambda c: c["trial_config"].update(backbone="cnn9"), keep_manifest_valid=True)
+    err = refused(capsys, folder, npz, out=out)
+    assert "model.backbone 'cnn3' differs from trial_config.backbone 'cnn9'" in err
+
+    folder = copy_export(exported, root / "backbone")  # an export from before manifests, its weights deleted
+    (folder / "manifest.json").unlink()
+    edit_config(folder, lambda c: c.update(format_version=1), keep_manifest_valid=False)
+    (folder / "model.safetensors").unlink()
+    err = refused(capsys, folder, npz, out=out)
+    assert f"this export is incomplete or was altered: {folder / 'model.safetensors'} (missing)" in err
+    assert "Traceback" not in err
+
+
+def test_non_finite_probabilities_stop_predict(exported, root, data_root, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_export(exported, root / "nan-weights")
+    weights = folder / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(weights))
+    first = next(key for key, value in tensors.items() if value.is_floating_point() and value.ndim > 1)
+    tensors[first] = torch.full_like(tensors[first], float("nan"))
+    save_file(tensors, str(weights), metadata=metadata)
+    rehash(folder, "model.safetensors")
+    err = refused(capsys, folder, str(data_root / "medmnist" / "pneumoniamnist.npz"), out=root / "nan.csv")
+    assert f"the model in {folder} gives non-finite (NaN or infinite) probabilities for 624 of 624 images" in err
+    assert "(e.g. test_images[0]" in err and "--force`" in err
+
+
+def test_export_without_manifest_loads_with_a_one_line_warning(exported, root, data_root, capsys):
+    npz = str(data_root / "medmnist" / "pneumoniamnist.npz")
+    assert search("predict", str(exported), npz, "--out", str(root / "verified.csv")) == 0
+    assert "cannot be verified" not in capsys.readouterr().err
+
+    folder = copy_export(exported, root / "old-export")
+    (folder / "manifest.json").unlink()
+    err = refused(capsys, folder, npz, out=root / "old.csv")  # format 2 always has a manifest: deleted
+    assert f"altered: {folder / 'manifest.json'} (missing" in err
+
+    edit_config(folder, lambda c: c.update(format_version=1), keep_manifest_valid=False)
+    assert search("predict", str(folder), npz, "--out", str(root / "old.csv")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "cannot be verified" in line]
+    assert warnings == [f"warning: {folder} was exported before medtune wrote manifest.json, so its files cannot "
+                        f"be verified; re-export it with `search best quick --export {folder} --force` to add "
+                        "checksums"]
+    assert (root / "old.csv").read_text() == (root / "verified.csv").read_text()
+
+
+# ----------------------------------------------------------------- the study's data at another path
+
+
+def test_predict_recognises_the_studys_data_by_content_at_another_path(kaggle_export, root, data_root, tmp_path):
+    """The Kaggle study split its 15 patches itself (val 0.3, test 0.3): only its own settings
+    give its test patches back, and a copy of the folder under another name must get them."""
+    from search.export import study_data
+    from search.studies import Study
+
+    study = Study.load(root / "studies" / "kaggle")
+    data = study_data(study.client(), study, lambda _: None)[2]
+    test = data.splits["test"]
+    copy = tmp_path / "patches_copied_elsewhere"
+    shutil.copytree(data_root / "pcam_kaggle_sample", copy)
+    out = tmp_path / "copy.csv"
+    assert search("predict", str(kaggle_export), str(copy), "--out", str(out), "--format", "csv") == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [row["path"] for row in rows] == [str(p) for p in data.paths[test]]
+    assert [int(row["label"]) for row in rows] == data.labels[test].tolist()
+
+
+def test_predict_on_a_renamed_copy_of_the_npz_gives_the_studys_test_images(exported, data, data_root, tmp_path):
+    copy = tmp_path / "xray_copy.npz"
+    shutil.copyfile(data_root / "medmnist" / "pneumoniamnist.npz", copy)
+    out, reference = tmp_path / "copy.csv", tmp_path / "original.csv"
+    assert search("predict", str(exported), str(copy), "--out", str(out)) == 0
+    assert search("predict", str(exported), str(data_root / "medmnist" / "pneumoniamnist.npz"),
+                  "--out", str(reference)) == 0
+    rows = list(csv.DictReader(out.open()))
+    test = data.splits["test"]
+    assert [row["path"] for row in rows] == [str(p) for p in data.paths[test]]
+    assert [int(row["label"]) for row in rows] == data.labels[test].tolist()
+    assert out.read_text() == reference.read_text()
+
+
+# ----------------------------------------------------------------- what the card says about the data and the test split
+
+
+def test_each_export_counts_a_use_of_the_test_split(exported, study, record, root):
+    from search.card import model_card
+
+    client = MlflowClient(record["tracking_uri"])
+    before = int(client.get_run(record["parent_run_id"]).data.tags["medtune.test_uses"])
+    assert before >= 1  # `exported`, and the other exports of this module that ran before this test
+    config = json.loads((exported / "config.json").read_text())
+    first = model_card(config, {**json.loads((exported / "metrics.json").read_text()), "test_uses": 1}, "name: quick")
+    assert "no longer an unbiased estimate" not in first and "| this card only, once, after the search |" in first
+    for k in (1, 2):
+        target = root / "exports" / f"test-use-{k}"
+        assert search("best", "quick", "--storage", storage(root), "--export", str(target)) == 0
+        uses = before + k
+        assert json.loads((target / "metrics.json").read_text())["test_uses"] == uses
+        card = (target / "MODEL_CARD.md").read_text()
+        assert f"The test split of this study has now been used {uses} times" in card
+        assert "its score is no longer an unbiased estimate" in card
+        assert f"this card, after the search: use {uses} of this split |" in card
+    assert client.get_run(record["parent_run_id"]).data.tags["medtune.test_uses"] == str(before + 2)
+
+
+def test_card_lists_skipped_images_and_warns_of_patient_overlap(exported, study, record, root):
+    from search.card import model_card
+
+    client = MlflowClient(record["tracking_uri"])
+    client.set_tag(record["parent_run_id"], "medtune.data_skipped", json.dumps({"unreadable": 3, "blank": 1}))
+    target = root / "exports" / "skipped"
+    try:
+        assert search("best", "quick", "--storage", storage(root), "--export", str(target)) == 0
+    finally:
+        client.delete_tag(record["parent_run_id"], "medtune.data_skipped")
+    card = (target / "MODEL_CARD.md").read_text()
+    assert "- Left out while loading the data: 4 image(s): 3 unreadable, 1 blank; they are in no split" in card
+    assert json.loads((target / "metrics.json").read_text())["data_skipped"] == {"unreadable": 3, "blank": 1}
+    assert "Left out while loading" not in (exported / "MODEL_CARD.md").read_text()  # the npz skips nothing
+
+    config = json.loads((exported / "config.json").read_text())
+    summary = json.loads((exported / "metrics.json").read_text())
+    assert config["data"]["allow_group_overlap"] is False
+    assert "allow_group_overlap" not in model_card(config, summary, "name: quick")
+    config["data"]["allow_group_overlap"] = True
+    config["data"]["group_overlap"] = 5
+    card = model_card(config, summary, "name: quick")
+    assert ("**Warning:** the study ran with `allow_group_overlap: true`: 5 patient (group) ids have images in more "
+            "than one of the source's own splits, so test images may share patients with training images") in card
