@@ -1,7 +1,9 @@
 """Checks that need more than the YAML itself, run before Ray starts.
 
 The data source exists, every backbone named in the space exists in timm (or is a
-scratch baseline), weights files exist, and stage indices fit the backbones.
+scratch baseline), every local weights file holds weights the backbones it can meet will
+load, and stage indices fit the backbones. A problem found here costs a second; found
+inside a Ray trial it costs a cluster start and surfaces as a trial failure.
 """
 
 from __future__ import annotations
@@ -27,6 +29,56 @@ def backbones_of(space: Space) -> list[tuple[str, Any]]:
     return [("params.backbone", "cnn3")]
 
 
+def weights_files_of(space: Space) -> list[tuple[str, Path, list[str]]]:
+    """``(key path, file, backbones)`` of every local weights file the space can produce.
+
+    A fixed ``params.pretrained`` file meets every backbone of the space. A file among the
+    ``search.pretrained`` choices meets only the timm backbones that its ``when`` condition
+    on ``backbone`` (if any) allows: the sampler never sets ``pretrained`` for a scratch
+    baseline (:class:`search.sampling.DefineByRun`).
+    """
+    from trainables.models.backbone import pretrained_mode
+    from trainables.models.scratch import SCRATCH_MODELS
+
+    names = [name for _, name in backbones_of(space)]
+    files: list[tuple[str, Path, list[str]]] = []
+    if "pretrained" in space.params:
+        mode = pretrained_mode(space.params["pretrained"])
+        if isinstance(mode, Path):
+            files.append(("params.pretrained", mode, names))
+    dist = space.search.get("pretrained")
+    if dist is not None and dist.kind == "choice":
+        allowed = dict(dist.when).get("backbone")
+        met = [n for n in names if n not in SCRATCH_MODELS and (allowed is None or n in allowed)]
+        for value in dist.values:
+            mode = pretrained_mode(value)
+            if isinstance(mode, Path) and met:
+                files.append(("search.pretrained", mode, met))
+    return files
+
+
+def check_weights(space: Space) -> None:
+    """Open every local weights file of the space and match it to its backbones.
+
+    Raises:
+        SpaceError: at ``params.pretrained`` / ``search.pretrained``, naming the file, what
+            is wrong with it (missing, not weights, no tensors, another architecture) and
+            the fix.
+    """
+    from trainables.models import ModelError
+    from trainables.models.weights import check_weights_file
+
+    in_chans = space.params.get("in_chans")  # None when searched or taken from the data
+    for key, path, names in weights_files_of(space):
+        for name in dict.fromkeys(names):
+            try:
+                check_weights_file(path, name, in_chans if isinstance(in_chans, int) else None)
+            except ModelError as err:
+                fix = ("remove the file from the choice or restrict it with `when: {backbone: [...]}`"
+                       if key == "search.pretrained" and len(names) > 1 else "")
+                raise SpaceError(space.path, key, str(err), fix) from None
+
+
 def check_space(space: Space) -> None:
     """Raise :class:`SpaceError` for the first problem found, with the key and the fix."""
     from trainables.models import ModelError, check_model_config, list_backbones
@@ -42,6 +94,7 @@ def check_space(space: Space) -> None:
             close = difflib.get_close_matches(str(name), sorted(known), n=3, cutoff=0.6)
             raise SpaceError(space.path, key, f"unknown backbone {name!r}",
                              f"close matches: {', '.join(close)}" if close else "see timm.list_models() or use cnn3/cnn9")
+    check_weights(space)
     # The model settings fixed in `params`, for every backbone the space can produce
     # (searched stage indices are clipped per trial, so they are checked at 0 here).
     searched = set(space.search)

@@ -15,7 +15,8 @@ pretrained_cfg_overlay=dict(file=path))`` so that timm's own loader adapts the f
 convolution to ``in_chans`` and drops the classifier. Because timm loads non-strictly
 when the classifier is dropped, every key and shape is checked here first
 (:func:`check_state_dict`): a file that only half matches fails loudly instead of
-silently leaving most of the network at random init.
+silently leaving most of the network at random init. :func:`check_weights_file` applies
+the same rule before Ray starts (the search's pre-flight), reading only the file's header.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import importlib.util
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,6 +84,56 @@ def offline_source(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def _missing_file_error(path: Path) -> ModelError:
+    """The one message for a ``pretrained:`` path that is not a file (trial and pre-flight)."""
+    return ModelError(
+        f"pretrained weights file '{path}' does not exist; give an existing .safetensors/.pth "
+        f"file, 'true' for ImageNet weights or 'false' for random init"
+    )
+
+
+def _unreadable_error(path: Path, error: Exception) -> ModelError:
+    """The one message for a file neither safetensors nor ``torch.load(weights_only=True)`` reads."""
+    kind = "a safetensors file" if path.suffix == ".safetensors" else "a torch.save state dict"
+    return ModelError(
+        f"could not read weights file '{path}' as {kind}: {type(error).__name__}: {error}. Give a state dict "
+        f"saved with safetensors.torch.save_file(model.state_dict(), 'x.safetensors') or "
+        f"torch.save(model.state_dict(), 'x.pth') (plain tensors only: arbitrary pickles are refused)"
+    )
+
+
+def _unwrap_state_dict(checkpoint: object, path: Path) -> dict[str, torch.Tensor]:
+    """The non-empty mapping of tensors inside a loaded checkpoint, ``module.`` prefixes removed.
+
+    Checkpoints that wrap the weights (``state_dict``, ``model``, ``state_dict_ema``) are
+    unwrapped. Shared by :func:`read_state_dict` (the trial) and
+    :func:`check_weights_file` (the pre-flight check) so both accept the same files.
+
+    Raises:
+        ModelError: not a mapping of tensors, or an empty one.
+    """
+    if isinstance(checkpoint, Mapping):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        found = type(checkpoint).__name__
+        if isinstance(checkpoint, Mapping):
+            bad = next(k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor))
+            found = f"a {found} with {bad!r}: {type(checkpoint[bad]).__name__}"
+        raise ModelError(
+            f"weights file '{path}' does not hold a state dict of tensors (found {found}); save one with "
+            f"torch.save(model.state_dict(), path) or safetensors.torch.save_file(model.state_dict(), path)"
+        )
+    if not checkpoint:
+        raise ModelError(
+            f"weights file '{path}' holds no tensors (an empty state dict); save the trained "
+            f"model's weights with safetensors.torch.save_file(model.state_dict(), path)"
+        )
+    return {str(k).removeprefix("module."): v for k, v in checkpoint.items()}
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a ``.pth``/``.pt`` file, safely.
 
@@ -89,14 +142,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     and DataParallel ``module.`` prefixes are unwrapped.
 
     Raises:
-        ModelError: the file is missing or is not a state dict.
+        ModelError: the file is missing, unreadable, or not a non-empty state dict.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ModelError(
-            f"pretrained weights file '{path}' does not exist; give an existing .safetensors/.pth "
-            f"file, 'true' for ImageNet weights or 'false' for random init"
-        )
+        raise _missing_file_error(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -105,20 +155,71 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         else:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt file, unsafe pickle, wrong format
-        raise ModelError(f"could not read weights file '{path}': {error}") from error
-    if isinstance(checkpoint, Mapping):
-        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-            if isinstance(checkpoint.get(key), Mapping):
-                checkpoint = checkpoint[key]
-                break
-    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ModelError(f"weights file '{path}' does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+        raise _unreadable_error(path, error) from error
+    return _unwrap_state_dict(checkpoint, path)
+
+
+def read_shapes(path: str | os.PathLike[str]) -> dict[str, torch.Size]:
+    """Names and shapes of the tensors of a weights file, without reading the tensors.
+
+    For a pre-flight check of possibly large files: safetensors reads only the header;
+    ``.pth``/``.pt`` files are memory-mapped (``mmap=True``, zip format; older files are
+    loaded) with ``weights_only=True``. Accepts exactly the files :func:`read_state_dict` does.
+
+    Raises:
+        ModelError: the file is missing, unreadable, or not a non-empty state dict.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise _missing_file_error(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                keys = list(handle.keys())  # a safe_open handle is not iterable
+                shapes = {key: torch.Size(handle.get_slice(key).get_shape()) for key in keys}
+            # Header only: stand-in tensors on the meta device carry the shapes.
+            checkpoint: object = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+        else:
+            mmap = zipfile.is_zipfile(path)  # torch.load mmaps only the zip format of torch.save
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:  # corrupt file, unsafe pickle, wrong format
+        raise _unreadable_error(path, error) from error
+    return {key: tensor.shape for key, tensor in _unwrap_state_dict(checkpoint, path).items()}
 
 
 def _same_but_channels(a: torch.Size, b: torch.Size) -> bool:
     """Conv weight shapes equal except input channels (timm adapts those on load)."""
     return len(a) == len(b) == 4 and a[0] == b[0] and a[2:] == b[2:]
+
+
+def _differences(
+    given: Mapping[str, torch.Size],
+    expected: Mapping[str, torch.Size],
+    ignore: tuple[str, ...],
+    adapted: set[str],
+) -> tuple[list[str], list[str], list[str]]:
+    """``(missing, unexpected, shape mismatch)`` keys of ``given`` against ``expected``."""
+    expected = {k: v for k, v in expected.items() if not k.startswith(ignore)}
+    given = {k: v for k, v in given.items() if not k.startswith(ignore)}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = [
+        f"{k} {tuple(given[k])} vs {tuple(expected[k])}"
+        for k in sorted(set(given) & set(expected))
+        if given[k] != expected[k] and not (k in adapted and _same_but_channels(given[k], expected[k]))
+    ]
+    return missing, unexpected, mismatched
+
+
+def _describe(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    """``missing (n): a, b ...; unexpected (m): ...`` with up to five keys per kind."""
+    return "; ".join(
+        f"{label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+        if items
+    )
 
 
 def check_state_dict(
@@ -140,26 +241,104 @@ def check_state_dict(
     Raises:
         ModelError: listing up to five missing, unexpected and mis-shaped keys.
     """
-    ignore = tuple(ignore)
-    adapted = set(channel_adapted)
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(ignore)}
-    given = {k: v.shape for k, v in state.items() if not k.startswith(ignore)}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    mismatched = [
-        f"{k} {tuple(given[k])} vs {tuple(expected[k])}"
-        for k in sorted(set(given) & set(expected))
-        if given[k] != expected[k] and not (k in adapted and _same_but_channels(given[k], expected[k]))
-    ]
+    missing, unexpected, mismatched = _differences(
+        {k: v.shape for k, v in state.items()},
+        {k: v.shape for k, v in model.state_dict().items()},
+        tuple(ignore),
+        set(channel_adapted),
+    )
     if missing or unexpected or mismatched:
-        parts = [
-            f"{label} ({len(items)}): {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-            if items
-        ]
         raise ModelError(
-            f"weights from {source} do not match the backbone: {'; '.join(parts)}. "
+            f"weights from {source} do not match the backbone: {_describe(missing, unexpected, mismatched)}. "
             f"The file must be a state dict in timm naming for this exact architecture"
+        )
+
+
+def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """A timm ``pretrained_cfg`` entry (one name, several or none) as a tuple."""
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def backbone_reference(
+    backbone: str, in_chans: int | None = None
+) -> tuple[dict[str, torch.Size], tuple[str, ...], set[str]]:
+    """What a local weights file for ``backbone`` must contain, as the trial loads it.
+
+    The trial (:func:`trainables.models.backbone.create_backbone`) builds timm models with
+    ``num_classes=0`` and lets timm drop the file's classifier and adapt its first conv to
+    ``in_chans``; scratch baselines load strictly. Built on the ``meta`` device: no memory,
+    no init, no download.
+
+    Args:
+        backbone: timm model name (optionally tagged) or scratch baseline.
+        in_chans: the trial's input channels; ``None`` (not known before the data is
+            read) accepts any input-channel count of the first conv.
+
+    Returns:
+        ``(shape per state-dict key, key prefixes that may be absent or extra, keys whose
+        input-channel dimension may differ)``.
+    """
+    from trainables.models.scratch import SCRATCH_MODELS, create_scratch
+
+    if backbone in SCRATCH_MODELS:
+        with torch.device("meta"):
+            scratch = create_scratch(backbone, in_chans=in_chans or 3)
+        shapes = {k: v.shape for k, v in scratch.state_dict().items()}
+        first = next((k for k, v in shapes.items() if len(v) == 4), None)
+        return shapes, (), ({first} if in_chans is None and first else set())
+    import timm
+
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_chans or 3}
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(backbone, **kwargs)
+    except Exception:  # noqa: BLE001 - a few timm models need real tensors in __init__ (as backbone_stages)
+        model = timm.create_model(backbone, **kwargs)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classifiers = tuple(c + "." for c in _as_tuple(cfg.get("classifier")))
+    first = {c + ".weight" for c in _as_tuple(cfg.get("first_conv"))}
+    return {k: v.shape for k, v in model.state_dict().items()}, classifiers, first
+
+
+def check_weights_file(path: str | os.PathLike[str], backbone: str, in_chans: int | None = None) -> None:
+    """Check, before any training, that ``path`` holds weights ``backbone`` can load.
+
+    For the search's pre-flight check (and ``search trial``): a file that is not weights
+    (text renamed ``.safetensors``, a pickled object, an empty state dict) or the weights
+    of another architecture would otherwise only fail inside a Ray trial. Reads as little
+    as possible (:func:`read_shapes`) and applies the same key and shape rule as the trial
+    (:func:`check_state_dict`, classifier ignored, first conv channel-adapted for timm).
+
+    Args:
+        path: the ``pretrained:`` file.
+        backbone: the backbone it will be loaded into.
+        in_chans: the trial's input channels, if known (see :func:`backbone_reference`).
+
+    Raises:
+        ModelError: missing or unreadable file, no tensors, or tensors that do not match
+            ``backbone`` (``has N tensors but only k match backbone Y's M ...``).
+    """
+    path = Path(path).expanduser()
+    given = read_shapes(path)
+    expected, ignore, adapted = backbone_reference(backbone, in_chans)
+    missing, unexpected, mismatched = _differences(given, expected, ignore, adapted)
+    if missing or unexpected or mismatched:
+        wanted = [k for k in expected if not k.startswith(ignore)]
+        matched = len(wanted) - len(missing) - len(mismatched)
+        if matched == len(wanted):  # a larger relative (resnet34 for resnet18): only extras
+            dropped = sum(1 for k in given if k.startswith(ignore)) if ignore else 0
+            summary = (f"has {len(given)} tensors: the {matched} parameters and buffers of backbone {backbone}, "
+                       f"{len(unexpected)} that it does not have"
+                       + (f" and {dropped} of a classifier, which is dropped" if dropped else ""))
+        else:
+            summary = (f"has {len(given)} tensors but only {matched} match backbone {backbone}'s "
+                       f"{len(wanted)} parameters and buffers")
+        raise ModelError(
+            f"weights file '{path}' {summary} ({_describe(missing, unexpected, mismatched)}). Give a state dict "
+            f"saved from a {backbone!r} model (e.g. safetensors.torch.save_file(model.state_dict(), path)), "
+            f"or choose the backbone the file was saved from"
         )
 
 
@@ -244,10 +423,13 @@ def offline_weights_file(name: str, model: nn.Module) -> Path | None:
 
 __all__ = [
     "OFFLINE_PACKAGES",
+    "backbone_reference",
     "cache_dir",
     "check_state_dict",
+    "check_weights_file",
     "convert_lite_state_dict",
     "offline_source",
     "offline_weights_file",
+    "read_shapes",
     "read_state_dict",
 ]
