@@ -124,7 +124,8 @@ def run_benchmark(space: Path, trials: int | None, workdir: Path) -> tuple[dict,
     from ray.tune.search.optuna import OptunaSearch
 
     from search.asha import PersistentASHA, SnapshotFIFO
-    from search.callbacks import MlflowTrialLogger, ProgressLine
+    from search.mlflow_logger import MlflowTrialLogger
+    from search.progress import ProgressLine
     from search.study import StudyOptions, run_study
 
     totals: dict[str, float] = collections.defaultdict(float)

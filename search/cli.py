@@ -28,21 +28,22 @@ from search.space import SpaceError, load_space, parse_overrides
 
 
 def _trial(args: argparse.Namespace) -> int:
-    from trainables.data import DataError, load_dataset
+    from trainables.data import DataError, describe, load_dataset
     from trainables.models import ModelError
     from trainables.trial import NonFiniteLossError, TrialSetupError, run_trial
 
     space = load_space(args.space, parse_overrides(args.set or []))
     config = space.default_config()
+    if args.resume and not Path(args.resume).exists():
+        raise ValueError(f"--resume {args.resume}: no such checkpoint file or directory; pass a checkpoint "
+                         "(or the folder holding checkpoint.pt) written by an earlier `search trial`")
     out = Path(args.out or Path("runs") / "trials" / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"space {space.name}: {config.backbone} (pretrained={config.pretrained}), {config.epochs} epochs, "
           f"checkpoints in {out}", flush=True)
     try:
         started = time.perf_counter()
         data = load_dataset(space.data)
-        sizes = ", ".join(f"{k} {v}" for k, v in data.split_sizes().items())
-        print(f"data {Path(data.source).name}: {sizes}; {data.images.shape[1]}x{data.images.shape[2]}x{data.channels}, "
-              f"{data.num_classes} classes, loaded in {time.perf_counter() - started:.1f}s", flush=True)
+        print(f"{describe(data)}, loaded in {time.perf_counter() - started:.1f}s", flush=True)
         run_trial(config, data, report=_print_epoch, checkpoint_dir=out, resume_from=args.resume)
     except (DataError, ModelError, TrialSetupError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -58,11 +59,18 @@ def _run(args: argparse.Namespace) -> int:
                            time_budget=args.time_budget, resume=args.resume, tracking_uri=args.tracking_uri,
                            storage=args.storage, num_cpus=args.num_cpus)
     try:
-        run_study(args.space, options)
+        outcome = run_study(args.space, options)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    if outcome.status == "interrupted":
+        print(f"study {outcome.name} interrupted; resume it with: {outcome.resume}", file=sys.stderr)
+    elif outcome.status == "no_trial_finished":
+        print(f"error: no trial of study {outcome.name} finished ("
+              + ", ".join(f"{v} {k}" for k, v in sorted(outcome.counts.items())) + "); the first error is in "
+              f"`search best {outcome.name}` and in MLflow; fix the space and start a new study with --name",
+              file=sys.stderr)
+    return outcome.exit_code
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -86,7 +94,7 @@ def _list(args: argparse.Namespace) -> int:
         states = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(summary.counts.items())) or "-"
         best = f"{summary.metric} {summary.best:.4f}" if summary.best is not None else "-"
         rows.append((study.name, study.created.replace("T", " "), str(sum(summary.counts.values())), states, best,
-                     summary.status.lower()))
+                     summary.status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -265,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpaceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

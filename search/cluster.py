@@ -317,6 +317,28 @@ def describe(summary: ClusterSummary) -> str:
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 
 
+def autoscaling_node_types(path: str | Path = BOOTSTRAP_CONFIG) -> list[dict[str, float]]:
+    """Resources of one node of each type the autoscaler may start (the head's included),
+    from the config ``ray up`` leaves on the head; ``[]`` elsewhere."""
+    config = _bootstrap_config(path)
+    if config is None:
+        return []
+    return [{key: _number(value) for key, value in (node.get("resources") or {}).items()}
+            for node in config["available_node_types"].values()]
+
+
+def _bootstrap_config(path: str | Path) -> dict[str, Any] | None:
+    """The launcher config ``ray up`` leaves on the head, when it is there and well formed."""
+    file = Path(path).expanduser()
+    try:
+        config = yaml.safe_load(file.read_text()) if file.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
+        return None
+    return config
+
+
 def autoscaling_capacity(path: str | Path = BOOTSTRAP_CONFIG) -> dict[str, float]:
     """The most resources the autoscaler may bring up, from the config ``ray up`` leaves on
     the head (every worker type at ``max_workers``, plus the head); ``{}`` elsewhere.
@@ -325,12 +347,8 @@ def autoscaling_capacity(path: str | Path = BOOTSTRAP_CONFIG) -> dict[str, float
     study starts say nothing about what it will get: a driver on the head sizes the
     study's concurrency and GPUs per trial by this instead.
     """
-    file = Path(path).expanduser()
-    try:
-        config = yaml.safe_load(file.read_text()) if file.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return {}
-    if not isinstance(config, dict) or not isinstance(config.get("available_node_types"), dict):
+    config = _bootstrap_config(path)
+    if config is None:
         return {}
     total: dict[str, float] = {}
     for name, node in config["available_node_types"].items():

@@ -99,6 +99,13 @@ class StudyFiles:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
         return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.Directory)
 
+    def list_entries(self) -> list[str]:
+        """Names of everything directly inside the study folder (files and folders)."""
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        return sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)))
+
     def delete_dir(self, relative: str) -> None:
         fs, path = self._fs(relative)
         fs.delete_dir(path)

@@ -18,8 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from search.study import DEFAULT_STORAGE, STUDY_FILE
-from search.tracking import MlflowClient, children_filter
+from search.record import STUDY_FILE
+from search.study import DEFAULT_STORAGE
+from search.tags import CONFIG_TAG, RESUME_TAG, SEARCHED_TAG, STATUS_TAG, curve
+from search.tracking import MlflowClient, children_filter, param_text
 
 FINISHED_STATES = ("completed", "stopped_early")
 
@@ -53,15 +55,16 @@ class Study:
     @classmethod
     def load(cls, directory: Path) -> "Study":
         """Read ``directory/medtune_study.json``."""
+        from search.record import RecordError, StudyRecord
+        from search.storage import StudyFiles
+
         try:
-            record = json.loads((directory / STUDY_FILE).read_text())
-            return cls(name=record["name"], directory=directory, tracking_uri=record["tracking_uri"],
-                       experiment_id=str(record["experiment_id"]), parent_run_id=record["parent_run_id"],
-                       data_fingerprint=record["data_fingerprint"], space_path=record.get("space", ""),
-                       created=record.get("created", ""))
-        except (OSError, ValueError, KeyError) as err:
-            raise StudyError(f"{directory / STUDY_FILE} is unreadable or incomplete ({type(err).__name__}: {err}); "
-                             "it is written by `search run`: restore it or run the study again") from None
+            record = StudyRecord.read(StudyFiles(str(directory.parent), directory.name))
+        except RecordError as err:
+            raise StudyError(str(err)) from None
+        return cls(name=record.name, directory=directory, tracking_uri=record.tracking_uri,
+                   experiment_id=record.experiment_id, parent_run_id=record.parent_run_id,
+                   data_fingerprint=record.data_fingerprint, space_path=record.space, created=record.created)
 
     def client(self) -> MlflowClient:
         """An MLflow client on the study's tracking URI (never creating a new SQLite file)."""
@@ -169,7 +172,17 @@ def summarize(study: Study) -> Summary:
         if f"medtune.best_{metric}" in child.data.tags:
             values.append(float(child.data.tags[f"medtune.best_{metric}"]))
     best = (max(values) if mode == "max" else min(values)) if values else None
-    return Summary(study, run.info.status, counts, metric, best)
+    return Summary(study, study_status(run), counts, metric, best)
+
+
+def study_status(run: Any) -> str:
+    """What ``search list`` says of a study: running, finished, no trial finished, or
+    interrupted with the command that resumes it."""
+    status = run.data.tags.get(STATUS_TAG) or run.info.status.lower()
+    if status == "interrupted":
+        command = run.data.tags.get(RESUME_TAG)
+        return "interrupted — resume with: " + command if command else "interrupted — resume with --resume"
+    return status.replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -219,7 +232,7 @@ def ranked_trials(client: MlflowClient, study: Study, metric: str | None = None)
     table = leaderboard(client, study.experiment_id, study.parent_run_id, metric, mode)
     if metric != own and not table.empty:
         for i, row in table.iterrows():
-            history = client.get_metric_history(row["run_id"], metric) if row["state"] in FINISHED_STATES else []
+            history = client.get_metric_history(row["run_id"], curve(metric)) if row["state"] in FINISHED_STATES else []
             if history:
                 pick = (max if mode == "max" else min)(history, key=lambda m: (m.value, -m.step) if mode == "max"
                                                         else (m.value, m.step))
@@ -252,10 +265,13 @@ def best_trial(client: MlflowClient, study: Study, metric: str | None = None) ->
                          "fix the space and run a new study (or `search run SPACE --resume` if it was interrupted)")
     row = finished.iloc[0]
     run = client.get_run(row["run_id"])
-    searched = json.loads(run.data.tags.get("medtune.searched", "[]"))
+    searched = json.loads(run.data.tags.get(SEARCHED_TAG, "[]"))
+    # The full-precision settings (params are rounded for display); older runs lack the tag.
+    params = {k: param_text(v) for k, v in json.loads(run.data.tags[CONFIG_TAG]).items()} \
+        if CONFIG_TAG in run.data.tags else dict(run.data.params)
     best = BestTrial(trial_id=str(row["trial_id"]), run_id=str(row["run_id"]), metric=metric, mode=mode,
                      value=float(row[metric]), epoch=int(row["best_epoch"]), state=str(row["state"]),
-                     epochs_run=int(row["epochs_run"]), params=dict(run.data.params), searched=searched)
+                     epochs_run=int(row["epochs_run"]), params=params, searched=searched)
     return best, table
 
 

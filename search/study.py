@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from search.space import Space, SpaceError, load_space
+from search.record import STUDY_FILE
 from search.storage import StudyFiles, normalize
+from search.tags import RESUME_TAG, STATUS_TAG
 
-STUDY_FILE = "medtune_study.json"
 ASHA_FILE = "asha_state.json"
 DEFAULT_STORAGE = "runs/studies"
 
@@ -98,14 +99,75 @@ def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, Study
     if options.resume and not exists:
         raise SpaceError(space.path, "--resume", f"there is no study to resume at {directory}",
                          "run it without --resume first, or pass the --name / --storage it ran with")
-    if not options.resume and directory.exists():
+    if not options.resume and exists:
         raise SpaceError(space.path, "--name", f"a study already exists at {directory}",
                          "pass --resume to continue it, or --name NEW_NAME to start another")
+    if not options.resume and directory.exists():
+        clear_aborted_start(directory)
     return space, directory
 
 
-def run_study(space_path: str | Path, options: StudyOptions) -> Any:
-    """Run (or, with ``options.resume``, continue) a study; returns Tune's ResultGrid."""
+def clear_aborted_start(directory: StudyFiles) -> None:
+    """Remove a study folder whose driver died before it wrote the study record.
+
+    The record is written once the Tuner exists and before any trial starts, so such a
+    folder holds at most Tune's ``tuner.pkl``: nothing the user ran. A folder that holds
+    anything more is not medtune's to delete, and is refused.
+    """
+    from search.record import TUNER_PICKLE
+
+    entries = directory.list_entries()
+    if set(entries) - {TUNER_PICKLE}:
+        raise SpaceError("--name", "--name", f"{directory} exists but is not a medtune study (no {STUDY_FILE}; it "
+                         f"holds {', '.join(sorted(entries)[:5])})",
+                         "pass another --name or --storage, or move that folder away")
+    print(f"{directory} holds only the start of a study whose driver stopped before its first trial: "
+          "starting it afresh", flush=True)
+    directory.delete_dir("")
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """How a driver run of a study ended.
+
+    Attributes:
+        status: ``finished`` (every trial ran or the budget ended it), ``interrupted``
+            (Ctrl-C: resume it), or ``no_trial_finished`` (every trial errored).
+        name: the study name; resume: the command that continues it.
+        counts: trials by state, read back from MLflow.
+    """
+
+    status: str
+    name: str
+    resume: str
+    counts: dict[str, int]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when it finished with a result, 130 when interrupted (like a shell), else 1."""
+        return {"finished": 0, "interrupted": 130}.get(self.status, 1)
+
+
+def resume_command(space_path: str | Path, options: StudyOptions, name: str) -> str:
+    """The ``search run ... --resume`` line that continues this study."""
+    parts = ["search", "run", str(space_path), "--resume"]
+    if options.name:
+        parts += ["--name", name]
+    if options.storage:
+        parts += ["--storage", options.storage]
+    if options.address:
+        parts += ["--address", options.address]
+    return " ".join(parts)
+
+
+def run_study(space_path: str | Path, options: StudyOptions) -> StudyOutcome:
+    """Run (or, with ``options.resume``, continue) a study.
+
+    Steps: check the space -> load the data -> start Ray and check the trials fit on a
+    node -> open (or reopen) the MLflow parent run -> build (or restore) the Tuner ->
+    write the study record -> fit, with one budget clock and a Ctrl-C watch -> close
+    every ended trial's run and the parent with the study's real state.
+    """
     # Tune warns at every forced snapshot (one per num_to_keep checkpoints): noise for a user.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Snapshot the experiment state every 2 s (small JSON): a killed driver loses at most
@@ -119,115 +181,212 @@ def run_study(space_path: str | Path, options: StudyOptions) -> Any:
     from search.tracking import preload_plotting
 
     preload_plotting()  # before the trials: at the first trial's end it would stall them
+    from search.record import RecordError, StudyRecord
+    from trainables.data import describe, load_dataset
+
+    space, directory = prepare(space_path, options)
+    record = None
+    if options.resume:  # the record first: a broken one must not cost a data load
+        try:
+            record = StudyRecord.read(directory)
+        except RecordError as err:
+            raise SpaceError(space.path, "--resume", str(err)) from None
+    started = time.perf_counter()
+    data = load_dataset(space.data)
+    print(describe(data) + f" ({time.perf_counter() - started:.1f}s)", flush=True)
+    resume = resume_command(space_path, options, directory.name)
+    if record is not None:
+        try:
+            record.check_resumable(directory, space.raw, data.fingerprint)
+        except RecordError as err:
+            raise SpaceError(space.path, "--resume", str(err)) from None
+        budget = space.tune.time_budget_s
+        if budget is not None and record.budget_spent_s >= budget:
+            print(f"the study's time budget ({space.tune.time_budget}) is spent: nothing left to run", flush=True)
+            return StudyOutcome("finished", directory.name, resume, {})
+
+    joined = start_ray(options)
+    resources = {"cpu": space.resources.cpus, "gpu": trial_gpus(space.resources.gpus, _cluster_gpus(joined))}
+    check_trial_fits(space, resources, joined)
+
+    from search.tracking import MlflowClient, experiment_id, resolve_tracking_uri, start_study_run
+
+    if record is not None:
+        tracking_uri = record.tracking_uri
+        client = MlflowClient(tracking_uri)
+        exp_id, parent_run_id = record.experiment_id, record.parent_run_id
+        reopen_study_run(client, exp_id, parent_run_id)
+        ended = ended_trials(client, exp_id, parent_run_id)
+    else:
+        tracking_uri = resolve_tracking_uri(options.tracking_uri, space.mlflow.tracking_uri)
+        client = MlflowClient(tracking_uri)
+        exp_id = experiment_id(client, space.mlflow.experiment or space.name, tracking_uri)
+        settings = {
+            "study": directory.name, "algorithm": space.tune.algorithm, "num_samples": space.tune.num_samples,
+            "time_budget": space.tune.time_budget, "metric": space.tune.metric, "mode": space.tune.mode,
+            "scheduler": space.scheduler.type, "seed": space.tune.seed, "max_epochs": space.max_epochs,
+            **{f"data.{k}": v for k, v in data.split_sizes().items()},
+        }
+        parent_run_id = start_study_run(client, exp_id, directory.name, space.text,
+                                        {"fingerprint": data.fingerprint, "sizes": data.split_sizes(),
+                                         "skipped": data.skipped, "group_overlap": data.group_overlap}, settings)
+        ended = frozenset()
+    print(f"study {directory.name}: MLflow run {parent_run_id} at {tracking_uri}", flush=True)
+    client.set_tag(parent_run_id, RESUME_TAG, resume)
+
+    tuner = build_tuner(space, directory, data, resources, joined, tracking_uri, exp_id, parent_run_id, ended,
+                        restore=record is not None)
+    if record is None:
+        from search.record import TUNER_PICKLE, file_sha256
+
+        record = StudyRecord.new(directory.name, space_path, space.raw, tracking_uri, exp_id, parent_run_id,
+                                 data.fingerprint)
+        record.tuner_sha256 = file_sha256(directory, TUNER_PICKLE)
+        record.write(directory)
+    status = fit_study(tuner, space, directory, record)
+    from search.leaderboard import finish_study
+
+    table, status = finish_study(client, exp_id, parent_run_id, space.tune.metric, space.tune.mode, status)
+    counts = table["state"].value_counts().to_dict() if not table.empty else {}
+    return StudyOutcome(status, directory.name, resume, counts)
+
+
+def start_ray(options: StudyOptions) -> bool:
+    """Start a local Ray (or join ``--address``); True when the driver joined a cluster."""
     import ray
+
+    if not ray.is_initialized():
+        ray.init(address=options.address, num_cpus=options.num_cpus if options.address is None else None,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return options.address is not None  # an existing cluster, maybe autoscaling (search.cluster)
+
+
+def reopen_study_run(client: Any, exp_id: str, parent_run_id: str) -> None:
+    """Mark a resumed study's parent run running again, with its trial counts recounted
+    (a Ctrl-C can leave counts from the moment it came)."""
+    from search.leaderboard import leaderboard, record_counts
+
+    client.set_terminated(parent_run_id, "RUNNING")
+    client.set_tag(parent_run_id, STATUS_TAG, "running")
+    record_counts(client, parent_run_id, leaderboard(client, exp_id, parent_run_id, "val_loss", "min"))
+
+
+def build_tuner(space: Space, directory: StudyFiles, data: Any, resources: dict[str, float], joined: bool,
+                tracking_uri: str, exp_id: str, parent_run_id: str, ended: frozenset[str], restore: bool) -> Any:
+    """A new Tuner for the space, or the study's restored one (``restore``)."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from search.asha import PersistentASHA, SnapshotFIFO
-    from search.callbacks import MlflowTrialLogger, ProgressLine
+    from search.mlflow_logger import MlflowTrialLogger
+    from search.progress import ProgressLine
     from search.sampling import DefineByRun, grid_size, sampler_for
-    from search.tracking import MlflowClient, experiment_id, resolve_tracking_uri, start_study_run
+    from search.stopping import BudgetStopper
     from search.trainable import train
-    from trainables.data import load_dataset
 
-    space, directory = prepare(space_path, options)
-    started = time.perf_counter()
-    data = load_dataset(space.data)
-    print(f"data {Path(data.source).name}: " + ", ".join(f"{k} {v}" for k, v in data.split_sizes().items())
-          + f" ({time.perf_counter() - started:.1f}s)", flush=True)
-
-    tracking_uri = resolve_tracking_uri(options.tracking_uri, space.mlflow.tracking_uri)
-    client = MlflowClient(tracking_uri)
-    name = directory.name
-    ended: frozenset[str] = frozenset()
-    if options.resume:
-        record = json.loads(directory.read_text(STUDY_FILE))
-        if record["data_fingerprint"] != data.fingerprint:
-            raise SpaceError(space.path, "data", "the data changed since the study started (fingerprint differs)",
-                             "resume with the same data, or start a new study with --name")
-        tracking_uri, exp_id, parent_run_id = record["tracking_uri"], record["experiment_id"], record["parent_run_id"]
-        client = MlflowClient(tracking_uri)
-        client.set_terminated(parent_run_id, "RUNNING")
-        ended = ended_trials(client, exp_id, parent_run_id)
-    else:
-        exp_id = experiment_id(client, space.mlflow.experiment or space.name, tracking_uri)
-        settings = {
-            "study": name, "algorithm": space.tune.algorithm, "num_samples": space.tune.num_samples,
-            "time_budget": space.tune.time_budget, "metric": space.tune.metric, "mode": space.tune.mode,
-            "scheduler": space.scheduler.type, "seed": space.tune.seed, "max_epochs": space.max_epochs,
-            **{f"data.{k}": v for k, v in data.split_sizes().items()},
-        }
-        parent_run_id = start_study_run(client, exp_id, name, space.text,
-                                        {"fingerprint": data.fingerprint, "sizes": data.split_sizes()}, settings)
-        directory.write_text(STUDY_FILE, json.dumps({
-            "name": name, "space": str(Path(space_path).resolve()), "tracking_uri": tracking_uri,
-            "experiment_id": exp_id, "parent_run_id": parent_run_id, "data_fingerprint": data.fingerprint,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }, indent=2))
-    print(f"study {name}: MLflow run {parent_run_id} at {tracking_uri}", flush=True)
-
-    if not ray.is_initialized():
-        ray.init(address=options.address, num_cpus=options.num_cpus if options.address is None else None,
-                 include_dashboard=False, log_to_driver=False, configure_logging=False)
-
-    joined = options.address is not None  # an existing cluster, maybe autoscaling (search.cluster)
-    resources = {"cpu": space.resources.cpus, "gpu": trial_gpus(space.resources.gpus, _cluster_gpus(joined))}
     # The trials that ended before a restart (from MLflow, written by the driver only):
     # Tune's last snapshot may still list one as running, and it must not train again.
     trainable = tune.with_resources(tune.with_parameters(train, data=data, fixed=space.params, ended=ended),
                                     resources)
+    if restore:
+        return tune.Tuner.restore(directory.uri, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
     metric, mode = space.tune.metric, space.tune.mode
     fixed = dict(space.params)
     callbacks = [
         MlflowTrialLogger(tracking_uri, exp_id, parent_run_id, fixed, metric, mode, data.class_names,
-                          stopper="asha" if space.scheduler.type == "asha" else "time budget",
-                          budget_s=space.tune.time_budget_s),
-        ProgressLine(metric, mode, fixed, space.tune.time_budget_s),
+                          stopper="asha" if space.scheduler.type == "asha" else "none", clock_key=directory.uri,
+                          log_scale=tuple(k for k, d in space.search.items() if d.kind in ("loguniform", "logint"))),
+        ProgressLine(metric, mode, fixed, clock_key=directory.uri),
     ]
-    if options.resume:
-        tuner = tune.Tuner.restore(directory.uri, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
-    else:
-        searcher: Any = OptunaSearch(space=DefineByRun(space), sampler=sampler_for(space), metric=metric, mode=mode)
-        # Tune lets a non-default searcher keep only one trial pending unless it is wrapped
-        # in a ConcurrencyLimiter, which in practice serialises the study (ray#46965).
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent or trial_slots(resources, joined))
-        if space.scheduler.type == "asha":
-            scheduler: Any = PersistentASHA(
-                directory, ASHA_FILE, time_attr="training_iteration", max_t=space.max_epochs,
-                grace_period=min(space.scheduler.grace_period, space.max_epochs),
-                reduction_factor=space.scheduler.reduction_factor,
-            )
-        else:
-            scheduler = SnapshotFIFO()
-        num_samples = space.tune.num_samples * (grid_size(space) if space.tune.algorithm == "grid" else 1)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
-                                        num_samples=num_samples, time_budget_s=space.tune.time_budget_s,
-                                        # A new actor per trial re-imports torch and re-fetches the data: seconds each.
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=directory.root,
-                callbacks=callbacks,
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
-                # Keep every checkpoint while the study runs: Tune deletes the ones outside
-                # num_to_keep before its next experiment snapshot, so a driver killed in
-                # between resumes from a deleted checkpoint. prune_checkpoints trims at the end.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            ),
+    searcher: Any = OptunaSearch(space=DefineByRun(space), sampler=sampler_for(space), metric=metric, mode=mode)
+    # Tune lets a non-default searcher keep only one trial pending unless it is wrapped
+    # in a ConcurrencyLimiter, which in practice serialises the study (ray#46965).
+    searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent or trial_slots(resources, joined))
+    if space.scheduler.type == "asha":
+        scheduler: Any = PersistentASHA(
+            directory, ASHA_FILE, time_attr="training_iteration", max_t=space.max_epochs,
+            grace_period=min(space.scheduler.grace_period, space.max_epochs),
+            reduction_factor=space.scheduler.reduction_factor,
         )
-    results = tuner.fit()
-    pruned = prune_checkpoints(directory, metric, mode)
-    if pruned:
-        print(f"kept each trial's 2 best checkpoints and its latest; removed {pruned} others", flush=True)
-    from search.leaderboard import finish_study
+    else:
+        scheduler = SnapshotFIFO()
+    num_samples = space.tune.num_samples * (grid_size(space) if space.tune.algorithm == "grid" else 1)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=num_samples,
+                                    # A new actor per trial re-imports torch and re-fetches the data: seconds each.
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=directory.name,
+            storage_path=directory.root,
+            callbacks=callbacks,
+            # The time budget is medtune's (search.stopping): one clock across resumes.
+            stop=BudgetStopper(directory.uri),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
+            # Keep every checkpoint while the study runs: Tune deletes the ones outside
+            # num_to_keep before its next experiment snapshot, so a driver killed in
+            # between resumes from a deleted checkpoint. prune_checkpoints trims at the end.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        ),
+    )
 
-    finish_study(client, exp_id, parent_run_id, metric, mode)
-    return results
+
+def fit_study(tuner: Any, space: Space, directory: StudyFiles, record: Any) -> str:
+    """Run Tune's loop; returns ``finished`` or ``interrupted``.
+
+    The budget clock continues from what the record says earlier driver runs spent, and
+    the record keeps the account (every 30 s and at the end). A first Ctrl-C lets Tune
+    save and return (the study can be resumed); a second one stops at once.
+    """
+    from search.stopping import InterruptWatch, StudyClock, register_clock
+
+    def persist(spent_s: float) -> None:
+        record.budget_spent_s = round(spent_s, 1)
+        record.write(directory)
+
+    clock = StudyClock(space.tune.time_budget_s, record.budget_spent_s, persist)
+    register_clock(directory.uri, clock)
+    clock.start()
+    interrupted = False
+    try:
+        with InterruptWatch() as watch:
+            tuner.fit()
+            interrupted = watch.interrupted()
+    except KeyboardInterrupt:  # the second Ctrl-C: Tune saved nothing more, but the last snapshot stands
+        interrupted = True
+    finally:
+        persist(clock.spent_s())
+    if not interrupted:
+        pruned = prune_checkpoints(directory, space.tune.metric, space.tune.mode)
+        if pruned:
+            print(f"kept each trial's 2 best checkpoints and its latest; removed {pruned} others", flush=True)
+    return "interrupted" if interrupted else "finished"
+
+
+def check_trial_fits(space: Space, resources: dict[str, float], joined: bool) -> None:
+    """Refuse per-trial resources that no node of the cluster can ever provide.
+
+    Ray would keep such trials pending forever (and the study's MLflow run open). An
+    autoscaling cluster counts the node types it may start, not only the nodes up now.
+    """
+    import ray
+
+    from search.cluster import autoscaling_node_types
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    nodes += autoscaling_node_types() if joined else []
+    if any(node.get("CPU", 0) >= resources["cpu"] and node.get("GPU", 0) >= resources["gpu"] for node in nodes):
+        return
+    largest = ", ".join(sorted({f"{node.get('CPU', 0):g} CPUs / {node.get('GPU', 0):g} GPUs" for node in nodes}))
+    raise SpaceError(space.path, "resources", f"each trial asks for {resources['cpu']:g} CPUs and "
+                     f"{resources['gpu']:g} GPUs, but no node of the Ray cluster has that much (nodes: {largest}), "
+                     "so every trial would wait forever",
+                     "lower resources.cpus / resources.gpus, or add a node that big (--num-cpus sets the CPUs of "
+                     "a local Ray)")
 
 
 def ended_trials(client: Any, exp_id: str, parent_run_id: str) -> frozenset[str]:

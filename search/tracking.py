@@ -23,9 +23,22 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-TRIAL_TAG = "medtune.trial_id"
-STUDY_TAG = "medtune.study"
-STATE_TAG = "medtune.state"
+from search.tags import (
+    CURVE_PREFIX,
+    DATA_FINGERPRINT_TAG,
+    DATA_GROUP_OVERLAP_TAG,
+    DATA_SIZES_TAG,
+    DATA_SKIPPED_TAG,
+    GIT_COMMIT_TAG,
+    ROLE_TAG,
+    SPACE_TAG,
+    STATE_TAG,
+    STATUS_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    VERSIONS_TAG,
+)
+
 DEFAULT_DB = "mlflow.db"
 
 
@@ -79,12 +92,15 @@ def start_study_run(client: MlflowClient, exp_id: str, study: str, space_text: s
     """Create the parent run with the study's provenance as tags and params."""
     run = client.create_run(exp_id, run_name=study, tags={
         STUDY_TAG: study,
-        "medtune.role": "study",
-        "medtune.space": space_text[:7900],
-        "medtune.git_commit": git_commit(),
-        "medtune.versions": json.dumps(library_versions()),
-        "medtune.data_fingerprint": data_info["fingerprint"],
-        "medtune.data_sizes": json.dumps(data_info["sizes"]),
+        ROLE_TAG: "study",
+        STATUS_TAG: "running",
+        SPACE_TAG: space_text[:7900],
+        GIT_COMMIT_TAG: git_commit(),
+        VERSIONS_TAG: json.dumps(library_versions()),
+        DATA_FINGERPRINT_TAG: data_info["fingerprint"],
+        DATA_SIZES_TAG: json.dumps(data_info["sizes"]),
+        DATA_SKIPPED_TAG: json.dumps(data_info.get("skipped") or {}),
+        DATA_GROUP_OVERLAP_TAG: str(int(data_info.get("group_overlap") or 0)),
     })
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, param_text(v)) for k, v in settings.items()])
@@ -95,6 +111,41 @@ def start_study_run(client: MlflowClient, exp_id: str, study: str, space_text: s
 def param_text(value: Any) -> str:
     """An MLflow param value: JSON for lists and dicts, ``str`` otherwise."""
     return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+def display_number(value: float, digits: int = 4) -> str:
+    """A float to ``digits`` significant digits, as short as Python writes it (5.9e-03 -> 0.0059)."""
+    return f"{value:.{digits}g}"
+
+
+def display_params(config: dict[str, Any], log_scale: dict[str, Any]) -> dict[str, str]:
+    """A trial's settings as MLflow params for display: floats to 4 significant digits,
+    plus ``log10_<name>`` for each log-scale searched setting (``log_scale``: name -> value),
+    which MLflow's parallel coordinates then spread evenly."""
+    params = {k: display_number(v) if isinstance(v, float) else param_text(v) for k, v in config.items()}
+    for name, value in log_scale.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            params[f"log10_{name}"] = display_number(math.log10(value), 3)
+    return params
+
+
+def run_label(index: str, sampled: dict[str, Any], fixed: dict[str, Any], width: int = 60) -> str:
+    """A trial's run name that reads in a list: ``t07 cnn3 lr=0.0059 dropout=0.21``.
+
+    The trial number, the backbone (searched or fixed), then the other searched values
+    in the order the search samples them, cut to ``width`` characters.
+    """
+    parts = [f"t{index:0>2}" if index.isdigit() else f"trial-{index}"]
+    backbone = sampled.get("backbone", fixed.get("backbone"))
+    if backbone is not None:
+        parts.append(str(backbone))
+    for key, value in sampled.items():
+        if key == "backbone":
+            continue
+        shown = display_number(value, 2) if isinstance(value, float) else param_text(value).replace(" ", "")
+        parts.append(f"{key}={shown}")
+    label = " ".join(parts)
+    return label if len(label) <= width else label[: width - 1] + "…"
 
 
 def finite_metrics(result: dict[str, Any], keys: Iterable[str]) -> dict[str, float]:
@@ -127,7 +178,7 @@ def find_child_run(client: MlflowClient, exp_id: str, parent_run_id: str, trial_
 
 def logged_epochs(client: MlflowClient, run_id: str, key: str = "val_loss") -> int:
     """Highest epoch already logged for a run (0 when none)."""
-    history = client.get_metric_history(run_id, key)
+    history = client.get_metric_history(run_id, CURVE_PREFIX + key)
     return max((m.step for m in history), default=0)
 
 
@@ -141,28 +192,39 @@ def preload_plotting() -> None:
     import sklearn.metrics  # noqa: F401
 
 
-def roc_and_confusion_png(labels, probs, class_names: list[str]) -> dict[str, bytes]:
-    """ROC curve(s) and confusion matrix of one evaluation, as PNG bytes."""
+def roc_and_confusion_png(labels, probs, class_names: list[str], title: str = "") -> dict[str, bytes]:
+    """ROC curve(s) and confusion matrix of one evaluation, as PNG bytes.
+
+    ``title`` names what was evaluated (``"validation, epoch 3"``). Binary tasks get one
+    curve for the positive class (class 1); multi-class tasks one curve per class against
+    the rest. AUCs are printed to three decimals, class names label the axes.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+    from sklearn.metrics import ConfusionMatrixDisplay, roc_auc_score, roc_curve
 
     images: dict[str, bytes] = {}
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    if probs.shape[1] == 2:
-        RocCurveDisplay.from_predictions(labels, probs[:, 1], ax=ax, name=class_names[1])
-    else:
-        for k, name in enumerate(class_names):
-            if (labels == k).any() and (labels != k).any():
-                RocCurveDisplay.from_predictions(labels == k, probs[:, k], ax=ax, name=f"{name} vs rest")
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    curves = [(1, f"{class_names[1]} (positive)")] if probs.shape[1] == 2 else \
+        [(k, f"{name} vs rest") for k, name in enumerate(class_names)]
+    for k, name in curves:
+        positive = labels == k
+        if positive.any() and (~positive).any():
+            fpr, tpr, _ = roc_curve(positive, probs[:, k])
+            ax.plot(fpr, tpr, linewidth=1.5, label=f"{name}: AUC {roc_auc_score(positive, probs[:, k]):.3f}")
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
+           title=f"ROC, {title}" if title else "ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
     images["roc_curve.png"] = _png(fig)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
     ConfusionMatrixDisplay.from_predictions(labels, probs.argmax(1), labels=np.arange(len(class_names)),
                                             display_labels=class_names, ax=ax, colorbar=False)
+    ax.set(xlabel="predicted class (argmax)", ylabel="true class",
+           title=f"Confusion matrix, {title}" if title else "Confusion matrix")
     images["confusion_matrix.png"] = _png(fig)
     return images
 

@@ -24,9 +24,18 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from trainables.config import TrialConfig
-from trainables.data import ImageDataset
-from trainables.trial import run_trial
+from trainables.data import DataError, ImageDataset
+from trainables.models import ModelError
+from trainables.trial import NonFiniteLossError, TrialSetupError, run_trial
 
+# The result key of a trial that failed in a way a retry would repeat (see DETERMINISTIC_ERRORS).
+FAILURE_KEY = "medtune_failure"
+
+# Failures that come from the trial's configuration or data, not from the machine: a
+# retry from the last checkpoint (tune.max_failures) would fail the same way, so they
+# are reported as the trial's last result instead of raised (Tune retries every raised
+# error alike). Lost nodes, out-of-memory kills and other crashes are still raised.
+DETERMINISTIC_ERRORS = (NonFiniteLossError, TrialSetupError, ModelError, DataError)
 
 def trial_config(sampled: dict[str, Any], fixed: dict[str, Any]) -> TrialConfig:
     """The typed config of a trial: the space's fixed params overridden by sampled ones."""
@@ -51,16 +60,38 @@ def train(config: dict[str, Any], data: ImageDataset, fixed: dict[str, Any],
     cpus = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if cpus > 0:
         torch.set_num_threads(cpus)
-    settings = trial_config(config, fixed)
-    with tempfile.TemporaryDirectory(prefix="medtune-trial-") as tmp:
-        resume = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            resume = Path(checkpoint.to_directory(os.path.join(tmp, "resume")))
+    last_epoch = 0
 
-        def report(metrics: dict[str, float], directory: Path | None) -> None:
-            # reported_at: Tune's own ``timestamp`` is whole seconds; benchmarks need finer.
-            tune.report({**metrics, "node_id": node_id, "reported_at": time.time()},
-                        checkpoint=Checkpoint.from_directory(str(directory)) if directory else None)
+    def report(metrics: dict[str, float], directory: Path | None) -> None:
+        nonlocal last_epoch
+        last_epoch = int(metrics.get("epoch", last_epoch))
+        # reported_at: Tune's own ``timestamp`` is whole seconds; benchmarks need finer.
+        tune.report({**metrics, "node_id": node_id, "reported_at": time.time()},
+                    checkpoint=Checkpoint.from_directory(str(directory)) if directory else None)
 
-        run_trial(settings, data, report=report, checkpoint_dir=os.path.join(tmp, "checkpoint"), resume_from=resume)
+    try:
+        try:
+            settings = trial_config(config, fixed)
+        except ValueError as err:
+            raise TrialSetupError(str(err)) from None
+        with tempfile.TemporaryDirectory(prefix="medtune-trial-") as tmp:
+            checkpoint = tune.get_checkpoint()
+            resume = Path(checkpoint.to_directory(os.path.join(tmp, "resume"))) if checkpoint is not None else None
+            run_trial(settings, data, report=report, checkpoint_dir=os.path.join(tmp, "checkpoint"),
+                      resume_from=resume)
+    except DETERMINISTIC_ERRORS as err:
+        report_failure(err, last_epoch)
+
+
+def report_failure(err: BaseException, epoch: int) -> None:
+    """End the trial with a result that says it failed (see ``DETERMINISTIC_ERRORS``).
+
+    Every metric a study can rank by is NaN: Optuna records a NaN objective as a failed
+    trial, and ASHA leaves NaN out of its rungs.
+    """
+    import traceback
+
+    from search.space import SEARCH_METRICS
+
+    trace = "".join(traceback.format_exception(err))
+    tune.report({**{key: float("nan") for key in SEARCH_METRICS}, FAILURE_KEY: trace, "epoch": epoch})

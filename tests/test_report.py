@@ -89,7 +89,7 @@ def test_report_sections_numbers_plots_and_artifacts(study, monkeypatch):
     for _, trial, value in rows:
         assert float(value) == pytest.approx(by_trial[trial], abs=5e-5)
     parent = client.get_run(record["parent_run_id"])
-    assert f"val_auc {parent.data.metrics['best_val_auc']:.4f}" in text
+    assert f"val_auc {parent.data.metrics['study_best_val_auc']:.4f}" in text
     stopped = sum(c.data.tags["medtune.state"] == "stopped_early" for c in children)
     assert stopped >= 1 and f"ASHA stopped {stopped} at epoch 1" in text
 

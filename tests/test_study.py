@@ -101,12 +101,26 @@ def test_study_end_to_end_with_asha_errors_and_mlflow(tmp_path):
         tags, params = child.data.tags, child.data.params
         assert tags["mlflow.parentRunId"] == record["parent_run_id"]
         assert params["backbone"] == "cnn3" and "lr" in params and "initializer" in params  # every setting
+        # Names read in a list: trial number, backbone, searched values, and how it ended.
+        name = child.info.run_name
+        assert name.startswith("t0") and " cnn3 " in name and "lr=" in name and "optimizer=" in name, name
         if tags["medtune.state"] == "errored":
             assert "crop_size 64 is larger than the stored images" in tags["medtune.error"]
-            assert child.info.status == "FAILED"
+            assert child.info.status == "FAILED" and name.endswith(" · errored"), name
             continue
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_auc")]
+        if tags["medtune.state"] == "stopped_early":
+            assert name.endswith(f" · stopped at epoch {tags['medtune.last_epoch']}"), name
+        # The run spans the trial, not only its last report.
+        trained = sum(m.value for m in client.get_metric_history(child.info.run_id, "epoch/epoch_seconds"))
+        assert (child.info.end_time - child.info.start_time) / 1000 >= 0.9 * trained
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch/val_auc")]
         assert steps == list(range(1, int(tags["medtune.last_epoch"]) + 1)), steps
+        # The column MLflow shows as val_auc is the selected (best) epoch's, the one medtune ranks by.
+        assert child.data.metrics["val_auc"] == pytest.approx(float(tags["medtune.best_val_auc"]), abs=5e-7)
+        assert child.data.metrics["best_epoch"] == int(tags["medtune.best_epoch"])
+        best_epoch_loss = [m.value for m in client.get_metric_history(child.info.run_id, "epoch/val_loss")
+                           if m.step == int(tags["medtune.best_epoch"])]
+        assert child.data.metrics["val_loss"] == pytest.approx(best_epoch_loss[0])
         if tags["medtune.state"] == "stopped_early":
             assert int(tags["medtune.last_epoch"]) < 3 and tags["medtune.stopped_by"] == "asha"
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
@@ -115,7 +129,7 @@ def test_study_end_to_end_with_asha_errors_and_mlflow(tmp_path):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["medtune.data_fingerprint"] and "medtune.git_commit" in parent.data.tags
     assert "backbone: cnn3" in parent.data.tags["medtune.space"]
-    assert parent.data.metrics["best_val_auc"] > 0.85
+    assert parent.data.metrics["study_best_val_auc"] > 0.85 and "val_auc" not in parent.data.metrics
     best = parent.data.tags["medtune.best_run_id"]
     assert client.get_run(best).data.params["lr"] == "0.003"
     assert {"leaderboard.csv", "space.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -164,7 +178,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     assert len(trial_ids) == len(set(trial_ids)) == 6, trial_ids  # every trial once, none lost
     for child in children:
         assert child.data.tags["medtune.state"] in ("completed", "stopped_early"), child.data.tags
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch/val_loss")]
         assert steps == sorted(set(steps)), (child.data.tags["medtune.trial_id"], steps)  # no epoch logged twice
         if child.data.tags["medtune.trial_id"] in ended_before:
             earlier = ended_before[child.data.tags["medtune.trial_id"]]

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from search.studies import FINISHED_STATES, Study, child_runs, parent_run, study_metric
-from search.tracking import STATE_TAG, TRIAL_TAG, MlflowClient
+from search.tags import CONFIG_TAG, STATE_TAG, TRIAL_TAG, curve
+from search.tracking import MlflowClient, param_text
 
 # Keys the report never treats as a searched setting (bookkeeping, not a question).
 NOT_SETTINGS = ("device", "eval_batch_size")
@@ -117,7 +118,7 @@ def load_records(study: Study, client: MlflowClient | None = None, curve_metrics
     metric, mode = study_metric(parent)
     rows, curves, searched = [], {}, set()
     for run in child_runs(client, study):
-        tags, params = run.data.tags, run.data.params
+        tags = run.data.tags
         sampled = json.loads(tags.get("medtune.searched", "[]"))
         searched.update(sampled)
         best = tags.get(f"medtune.best_{metric}")
@@ -133,7 +134,7 @@ def load_records(study: Study, client: MlflowClient | None = None, curve_metrics
             "error": tags.get("medtune.error"),
             "seconds": (end - run.info.start_time) / 1000 if end and run.info.start_time else np.nan,
             "start_ms": run.info.start_time, "end_ms": run.info.end_time, "sampled": tuple(sampled),
-            **{key: parse_param(value) for key, value in params.items() if key not in NOT_SETTINGS},
+            **{key: parse_param(value) for key, value in settings_of(run).items() if key not in NOT_SETTINGS},
         })
         curves[run.info.run_id] = epoch_curves(client, run.info.run_id, (metric, *curve_metrics))
     trials = pd.DataFrame(rows)
@@ -149,11 +150,19 @@ def load_records(study: Study, client: MlflowClient | None = None, curve_metrics
                         parent_tags=dict(parent.data.tags))
 
 
+def settings_of(run: Any) -> dict[str, str]:
+    """A trial's settings as MLflow param strings, at full precision when the run has the
+    config tag (its params are rounded for display and include ``log10_<name>``)."""
+    if CONFIG_TAG in run.data.tags:
+        return {k: param_text(v) for k, v in json.loads(run.data.tags[CONFIG_TAG]).items()}
+    return dict(run.data.params)
+
+
 def epoch_curves(client: MlflowClient, run_id: str, metrics: tuple[str, ...]) -> pd.DataFrame:
     """Per-epoch values of ``metrics`` for one run (index: epoch, the MLflow step)."""
     columns = {}
     for key in dict.fromkeys(metrics):
-        history = client.get_metric_history(run_id, key)
+        history = client.get_metric_history(run_id, curve(key))
         columns[key] = pd.Series({m.step: m.value for m in history}, dtype=float)
     return pd.DataFrame(columns).sort_index()
 
