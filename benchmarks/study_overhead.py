@@ -123,10 +123,10 @@ def run_benchmark(space: Path, trials: int | None, workdir: Path) -> tuple[dict,
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.asha import PersistentASHA, SnapshotFIFO
-    from search.mlflow_logger import MlflowTrialLogger
-    from search.progress import ProgressLine
     from search.study import StudyOptions, run_study
+    from search.study.mlflow_logger import MlflowTrialLogger
+    from search.study.progress import ProgressLine
+    from search.study.schedulers import PersistentASHA, SnapshotFIFO
 
     totals: dict[str, float] = collections.defaultdict(float)
     counts: dict[str, int] = collections.defaultdict(int)

@@ -53,12 +53,18 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, load_average, machine, table, write_section  # noqa: E402
 
+from trainables.augment import prepare_batch  # noqa: E402
 from trainables.config import DataConfig, TrialConfig  # noqa: E402
 from trainables.data import ImageDataset, load_dataset  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 from trainables.optim import build_optimizer  # noqa: E402
-from trainables.augment import prepare_batch  # noqa: E402
-from trainables.trial import ComputeFormat, build_trial, images_tensor, train_epoch, train_step  # noqa: E402
+from trainables.trial import (  # noqa: E402
+    ComputeFormat,
+    build_trial,
+    images_tensor,
+    train_epoch,
+    train_step,
+)
 
 PCAM = "pcam/pcam_26k_96px.zip"
 TARGETS = {"cnn3": 2.0, "tf_efficientnet_lite0": 1.2}

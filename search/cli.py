@@ -32,7 +32,10 @@ def _trial(args: argparse.Namespace) -> int:
     from trainables.models import ModelError
     from trainables.trial import NonFiniteLossError, TrialSetupError, run_trial
 
+    from search.preflight import check_space
+
     space = load_space(args.space, parse_overrides(args.set or []))
+    check_space(space)  # backbones, weights files, stage indices: before any image is decoded
     config = space.default_config()
     if args.resume and not Path(args.resume).exists():
         raise ValueError(f"--resume {args.resume}: no such checkpoint file or directory; pass a checkpoint "
@@ -74,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from search.studies import StudyError, list_studies, storage_root, summarize
+    from search.records.studies import StudyError, list_studies, storage_root, summarize
 
     studies = list_studies(args.storage)
     if not studies:
@@ -104,7 +107,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _best(args: argparse.Namespace) -> int:
-    from search.studies import best_trial, find_study
+    from search.records.studies import best_trial, find_study
 
     if (args.refit or args.register or args.force) and not args.export:
         raise ValueError("--refit, --register and --force act on an export: add --export DIR")
@@ -125,7 +128,7 @@ def _best(args: argparse.Namespace) -> int:
     print(f"top {len(shown)} of {len(table)} trials by {best.metric} ({best.mode}):")
     print(shown.drop(columns=["run_id"]).to_string(index=False, na_rep="-"))
     if args.export:
-        from search.export import ExportOptions, export_best
+        from search.model.export import ExportOptions, export_best
 
         export_best(study, ExportOptions(directory=Path(args.export), force=args.force, refit=args.refit,
                                          register=args.register, metric=args.metric))
@@ -133,8 +136,8 @@ def _best(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from search.records.studies import find_study
     from search.report import write_report
-    from search.studies import find_study
 
     notes = None
     if args.notes:
@@ -149,7 +152,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from search.predict import predict_inputs
+    from search.model.predict import predict_inputs
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, but got {args.batch_size}")
@@ -159,8 +162,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _cluster_check(args: argparse.Namespace) -> int:
-    from search.cluster import ClusterConfigError, check_config, describe, detected_resources, load_config, \
-        resource_mismatches
+    from search.cluster import (
+        ClusterConfigError,
+        check_config,
+        describe,
+        detected_resources,
+        load_config,
+        resource_mismatches,
+    )
 
     try:
         summary = check_config(args.config)

@@ -30,9 +30,9 @@ def _stages(backbone: str) -> int:
 def stage_limits(values: dict[str, Any]) -> dict[str, int]:
     """Largest valid ``truncate_after`` and ``frozen_stages`` given the backbone so far."""
     stages = _stages(str(values.get("backbone", TrialConfig.backbone)))
-    truncate = values.get("truncate_after")
-    kept = stages if truncate is None else min(int(truncate), stages - 1) + 1
-    return {"truncate_after": stages - 1, "frozen_stages": kept}
+    from trainables.models import kept_stages
+
+    return {"truncate_after": stages - 1, "frozen_stages": kept_stages(stages, values.get("truncate_after"))}
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | None = None) -> Any:

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
-import ray
 from search.cli import main
 from search.cluster import (
     SHARED_KEYS,
@@ -170,10 +170,9 @@ def moto_aws(tmp_path, monkeypatch):
     """moto's in-process AWS with fake credentials, a throwaway HOME (Ray writes the SSH key
     pair to ~/.ssh) and no 15 s IAM propagation sleeps."""
     pytest.importorskip("moto")
-    from moto import mock_aws
-
     import ray.autoscaler._private.aws.config as aws_config
     import ray.autoscaler._private.aws.utils as aws_utils
+    from moto import mock_aws
 
     home = tmp_path / "home"
     home.mkdir()

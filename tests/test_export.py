@@ -131,8 +131,8 @@ def exported(study: Path, root: Path) -> Path:
 @pytest.fixture(scope="module")
 def data(study: Path):
     """The study's dataset, loaded from the space it ran (same split, checked by fingerprint)."""
-    from search.export import study_data
-    from search.studies import Study
+    from search.model.export import study_data
+    from search.records.studies import Study
 
     loaded = Study.load(study)
     return study_data(loaded.client(), loaded, lambda _: None)[2]
@@ -180,8 +180,8 @@ def test_export_reloads_identically_as_safetensors_torchscript_and_onnx(exported
     import onnxruntime
     from safetensors.torch import load_model
 
-    from search.export import rebuild_model
-    from search.predict import load_exported
+    from search.model.export import rebuild_model
+    from search.model.predict import load_exported
     from trainables.augment import InputSpec, prepare_batch
     from trainables.checkpoint import load_checkpoint
     from trainables.config import TrialConfig
@@ -226,7 +226,7 @@ def test_export_reloads_identically_as_safetensors_torchscript_and_onnx(exported
 
 
 def test_test_metrics_in_card_and_parent_run_match_the_exported_model(exported, record, data):
-    from search.predict import load_exported
+    from search.model.predict import load_exported
     from trainables.metrics import classification_metrics
 
     test = data.splits["test"]
@@ -385,7 +385,7 @@ def test_refit_trains_on_train_and_val_for_the_best_epoch_count(study, record, r
 
 def test_a_tied_best_epoch_uses_the_kept_checkpoint_with_the_same_score(tmp_path):
     """Tune keeps the later of tied checkpoints; the best epoch in MLflow is the first."""
-    from search.studies import BestTrial, Study, StudyError, best_checkpoint
+    from search.records.studies import BestTrial, Study, StudyError, best_checkpoint
     from trainables.checkpoint import save_checkpoint
 
     trial_dir = tmp_path / "train_abc12345_1_lr=0.001_2026-01-01_00-00-00"
@@ -566,8 +566,8 @@ def test_export_without_manifest_loads_with_a_one_line_warning(exported, root, d
 def test_predict_recognises_the_studys_data_by_content_at_another_path(kaggle_export, root, data_root, tmp_path):
     """The Kaggle study split its 15 patches itself (val 0.3, test 0.3): only its own settings
     give its test patches back, and a copy of the folder under another name must get them."""
-    from search.export import study_data
-    from search.studies import Study
+    from search.model.export import study_data
+    from search.records.studies import Study
 
     study = Study.load(root / "studies" / "kaggle")
     data = study_data(study.client(), study, lambda _: None)[2]
@@ -599,7 +599,7 @@ def test_predict_on_a_renamed_copy_of_the_npz_gives_the_studys_test_images(expor
 
 
 def test_each_export_counts_a_use_of_the_test_split(exported, study, record, root):
-    from search.card import model_card
+    from search.model.card import model_card
 
     client = MlflowClient(record["tracking_uri"])
     before = int(client.get_run(record["parent_run_id"]).data.tags["medtune.test_uses"])
@@ -620,7 +620,7 @@ def test_each_export_counts_a_use_of_the_test_split(exported, study, record, roo
 
 
 def test_card_lists_skipped_images_and_warns_of_patient_overlap(exported, study, record, root):
-    from search.card import model_card
+    from search.model.card import model_card
 
     client = MlflowClient(record["tracking_uri"])
     client.set_tag(record["parent_run_id"], "medtune.data_skipped", json.dumps({"unreadable": 3, "blank": 1}))

@@ -74,7 +74,7 @@ def test_trial_worker_imports_neither_sklearn_nor_timm_for_a_scratch_cnn():
 
     code = (
         "import sys, numpy as np\n"
-        "from search.trainable import train\n"
+        "from search.study.trainable import train\n"
         "from trainables.config import TrialConfig\n"
         "from trainables.models import build_model\n"
         "from trainables.models.backbone import data_config\n"

@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from trainables.config import TrialConfig
-from trainables.models import ModelError, TransferModel, backbone_stages, build_model, list_backbones
+from trainables.models import (
+    ModelError,
+    TransferModel,
+    backbone_stages,
+    build_model,
+    list_backbones,
+)
 from trainables.models.backbone import create_backbone, data_config, pretrained_mode
 from trainables.models.head import build_head
 from trainables.models.init import INITIALIZERS, init_module

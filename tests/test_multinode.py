@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-
 HEAD, WORKERS = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
 OBJECT_STORE = str(100 * 1024 * 1024)
 BUCKET = "medtune"
@@ -169,7 +168,9 @@ def s3_server(monkeypatch):
 
 @pytest.fixture
 def cluster(tmp_path, s3_server):
-    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+    from ray._private.authentication.authentication_token_generator import (
+        generate_new_authentication_token,
+    )
 
     token = tmp_path / "auth_token"
     token.write_text(generate_new_authentication_token())
@@ -203,7 +204,7 @@ def children(tmp_path: Path, name: str) -> list:
     """The study's MLflow child runs (the study file is read from S3)."""
     from mlflow.tracking import MlflowClient
 
-    from search.storage import StudyFiles
+    from search.records.storage import StudyFiles
 
     record = json.loads(StudyFiles(f"s3://{BUCKET}/studies", name).read_text("medtune_study.json"))
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -228,7 +229,7 @@ def wait_until(proc: subprocess.Popen, tmp_path: Path, condition, timeout: float
 
 def result_rows(name: str) -> dict[str, list[dict]]:
     """Tune's result.json of every trial, read from S3: trial folder -> rows."""
-    from search.storage import StudyFiles
+    from search.records.storage import StudyFiles
 
     study = StudyFiles(f"s3://{BUCKET}/studies", name)
     rows = {}
@@ -313,7 +314,7 @@ def test_killed_driver_resumes_on_the_cluster(tmp_path, cluster):
     assert resumed.returncode == 0, log
     runs = children(tmp_path, "driverkill")
     states = {r.data.tags["medtune.trial_id"]: r.data.tags["medtune.state"] for r in runs}
-    # Tune snapshots its state at every trial start and end (search.asha.request_snapshot),
+    # Tune snapshots its state at every trial start and end (search.study.schedulers.request_snapshot),
     # so the resumed study knows every trial the killed driver had started: none lost.
     assert sorted(states.values()) == ["completed"] * 5, (states, log)
     for trial_id, run in ended_before.items():

@@ -1,4 +1,4 @@
-"""search.service: the head's MLflow server, started detached, answering, replaced, stopped.
+"""search.cluster.service: the head's MLflow server, started detached, answering, replaced, stopped.
 
 Every server and listener here uses a port the OS reports free (:func:`free_port`), never
 MLflow's default 5000, so a developer's own MLflow server cannot make these tests pass or
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from search.service import PID_FILE, stop
+from search.cluster.service import PID_FILE, stop
 
 
 def free_port() -> int:
@@ -37,8 +37,8 @@ def alive(pgid: int) -> bool:
 
 
 def mlflow_start(directory: Path, port: int) -> list[str]:
-    """The ``search.service start`` command line of a real MLflow server on ``port``."""
-    return [sys.executable, "-m", "search.service", "start", str(directory), "--",
+    """The ``search.cluster.service start`` command line of a real MLflow server on ``port``."""
+    return [sys.executable, "-m", "search.cluster.service", "start", str(directory), "--",
             str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
             f"sqlite:///{directory / 'mlflow.db'}", "--artifacts-destination", str(directory / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
@@ -64,7 +64,7 @@ def test_mlflow_server_starts_detached_restarts_and_stops(tmp_path):
         stopped = stop(tmp_path)
     assert stopped and not alive(second) and not (tmp_path / PID_FILE).exists()
     # A command that exits at once; its (ignored) --port is free, so the start gets as far as running it.
-    bad = subprocess.run([sys.executable, "-m", "search.service", "start", str(tmp_path), "--", "false",
+    bad = subprocess.run([sys.executable, "-m", "search.cluster.service", "start", str(tmp_path), "--", "false",
                           "--port", str(free_port())], check=False, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "exited with 1" in bad.stderr, bad.stderr
 
@@ -97,7 +97,7 @@ def test_start_fails_when_another_process_answers_on_the_port(tmp_path):
     """A child that never listens, while a foreign listener takes the port after the check."""
     port = free_port()
     child = [sys.executable, "-c", "import time; time.sleep(120)", "--port", str(port)]
-    service = subprocess.Popen([sys.executable, "-m", "search.service", "start", str(tmp_path), "--", *child],
+    service = subprocess.Popen([sys.executable, "-m", "search.cluster.service", "start", str(tmp_path), "--", *child],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60

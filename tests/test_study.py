@@ -132,6 +132,10 @@ def test_study_end_to_end_with_asha_errors_and_mlflow(tmp_path):
     assert parent.data.metrics["study_best_val_auc"] > 0.85 and "val_auc" not in parent.data.metrics
     best = parent.data.tags["medtune.best_run_id"]
     assert client.get_run(best).data.params["lr"] == "0.003"
+    # The parent points at its best trial: a link, a summary note naming it, its settings as params.
+    assert parent.data.tags["medtune.best_run_link"].endswith(f"/runs/{best}")
+    assert client.get_run(best).info.run_name in parent.data.tags["mlflow.note.content"]
+    assert parent.data.params["best.lr"] == "0.003" and parent.data.params["best.backbone"] == "cnn3"
     assert {"leaderboard.csv", "space.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     for trial_dir in (tmp_path / "studies" / "grid").glob("train_*"):
         assert len(list(trial_dir.glob("checkpoint_*"))) <= 3  # 2 best + latest kept after the study
@@ -144,7 +148,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(tmp_path):
     Tune snapshots its experiment on a timer (2 s here, and these epochs take 0.7 s), so a
     trial that started (or ended) just before the kill can be unknown to the resumed
     study. The schedulers now force a snapshot at every trial start and end
-    (search.asha.request_snapshot), so none is lost: 5 of 5 runs passed with no lost
+    (search.study.schedulers.request_snapshot), so none is lost: 5 of 5 runs passed with no lost
     trial, against about half before. Run with -m slow.
     """
     proc = start(tmp_path, TPE_SPACE)

@@ -191,10 +191,10 @@ def test_resources_no_node_has_are_refused_before_any_trial(tmp_path):
 
 
 def test_a_study_folder_holding_only_tunes_start_is_started_afresh(tmp_path):
-    from search.record import TUNER_PICKLE
-    from search.storage import StudyFiles
-    from search.study import clear_aborted_start
+    from search.records.storage import StudyFiles
+    from search.records.study_record import TUNER_PICKLE
     from search.space import SpaceError
+    from search.study import clear_aborted_start
 
     files = StudyFiles(str(tmp_path), "aborted")
     files.write_text(TUNER_PICKLE, "pickled tuner")
@@ -210,8 +210,13 @@ def test_a_study_folder_holding_only_tunes_start_is_started_afresh(tmp_path):
 
 def test_resume_refuses_a_tuner_pickle_this_study_did_not_write(tmp_path):
     """``Tuner.restore`` unpickles tuner.pkl: a changed or missing one is refused."""
-    from search.record import RecordError, StudyRecord, TUNER_PICKLE, file_sha256
-    from search.storage import StudyFiles
+    from search.records.storage import StudyFiles
+    from search.records.study_record import (
+        TUNER_PICKLE,
+        RecordError,
+        StudyRecord,
+        file_sha256,
+    )
 
     files = StudyFiles(str(tmp_path), "study")
     files.write_text(TUNER_PICKLE, "the pickle the study wrote")
@@ -228,7 +233,7 @@ def test_resume_refuses_a_tuner_pickle_this_study_did_not_write(tmp_path):
 
 
 def test_a_truncated_study_record_names_its_file(tmp_path):
-    from search.studies import Study, StudyError
+    from search.records.studies import Study, StudyError
 
     folder = tmp_path / "broken"
     folder.mkdir()

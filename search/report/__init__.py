@@ -10,7 +10,7 @@ curves with ASHA's stops, and uncertainty; a plain-language summary opens it. A
 question the study did not vary gets one line saying so.
 
 Example:
-    >>> from search.studies import find_study
+    >>> from search.records.studies import find_study
     >>> write_report(find_study("layerwise"))  # doctest: +SKIP
     PosixPath('runs/studies/layerwise/report/report.md')
 """
@@ -23,9 +23,10 @@ from typing import Callable
 
 import numpy as np
 
+from search.records.studies import Study, StudyError
+from search.records.tags import EXPORTED_TAG
 from search.report.records import StudyRecords, load_records
 from search.report.sections import SECTIONS, Context, Section
-from search.studies import Study, StudyError
 
 REPORT_FILE = "report.md"
 ARTIFACT_PATH = "report"
@@ -41,7 +42,7 @@ def write_report(study: Study, out: Path | None = None, top: int = 10, notes: st
     """Write the report of ``study`` and log it to the study's parent MLflow run.
 
     Args:
-        study: the study (see :func:`search.studies.find_study`).
+        study: the study (see :func:`search.records.studies.find_study`).
         out: the report folder (default :func:`default_directory`); created if missing,
             and its previous ``report.md`` and PNGs replaced.
         top: leaderboard rows (learning curves show at most 5 of them).
@@ -116,7 +117,7 @@ def summary(records: StudyRecords, sections: list[Section]) -> list[str]:
     line += f"; {interval}." if interval else "."
     lines = [line]
     test = records.parent_metrics.get("test_auc")
-    exported = records.parent_tags.get("medtune.export.trial_id")
+    exported = records.parent_tags.get(EXPORTED_TAG)
     if test is not None and exported:
         lines.append(f"- On the held-out test split, the exported trial `{exported}` scores AUC {test:.4f}"
                      + (f", balanced accuracy {records.parent_metrics['test_balanced_acc']:.4f}"
@@ -138,7 +139,7 @@ def _plain(value) -> str:
 
 def _space(client, study: Study, log: Callable[[str], None]):
     """The parsed space the study ran, or ``None`` (sections then infer scales from the values)."""
-    from search.export import study_space
+    from search.model.export import study_space
 
     try:
         return study_space(client, study)[0]
@@ -168,7 +169,7 @@ def _data_shape(space) -> Callable[[], tuple[int, int, int]]:
 
 def _best_predictions(client, study: Study) -> tuple[np.ndarray, np.ndarray] | None:
     """The best trial's validation labels and probabilities saved with its best checkpoint."""
-    from search.studies import best_checkpoint, best_trial
+    from search.records.studies import best_checkpoint, best_trial
     from trainables.trial import PREDICTIONS_FILE
 
     try:

@@ -56,10 +56,12 @@ def stages_of(backbone: str) -> int | None:
 
 def kept_stages(backbone: str, truncate_after: Any) -> int | None:
     """Stages a (possibly truncated) backbone keeps: frozen_stages equal to this is pure feature extraction."""
+    from trainables.models import kept_stages as kept
+
     total = stages_of(backbone)
     if total is None:
         return None
-    return total if truncate_after is None or _isnan(truncate_after) else min(int(truncate_after), total - 1) + 1
+    return kept(total, None if _isnan(truncate_after) else truncate_after)
 
 
 def _isnan(value: Any) -> bool:
@@ -114,7 +116,11 @@ def importances(records: StudyRecords, space: Any | None) -> tuple[dict[str, flo
         cannot run (too few trials, nothing varied).
     """
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -167,7 +173,9 @@ def bootstrap_auc(labels: np.ndarray, probs: np.ndarray, resamples: int = 2000, 
     Returns:
         ``(auc, low, high)``.
     """
-    from trainables.metrics import _auc as auc  # the trials' own val_auc, so the point estimate matches MLflow
+    from trainables.metrics import (
+        _auc as auc,  # the trials' own val_auc, so the point estimate matches MLflow
+    )
 
     labels = np.asarray(labels).ravel()
     probs = np.asarray(probs)

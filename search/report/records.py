@@ -13,17 +13,21 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from search.studies import FINISHED_STATES, Study, child_runs, parent_run, study_metric
-from search.tags import CONFIG_TAG, STATE_TAG, TRIAL_TAG, curve
-from search.tracking import MlflowClient, param_text
+from search.records.runs import trial_table
+from search.records.studies import (
+    FINISHED_STATES,
+    Study,
+    child_runs,
+    parent_run,
+    study_metric,
+)
+from search.records.tags import SPACE_TAG, curve
+from search.records.tracking import MlflowClient
 
 # Keys the report never treats as a searched setting (bookkeeping, not a question).
 NOT_SETTINGS = ("device", "eval_batch_size")
-BOOKKEEPING = ("trial_id", "run_id", "state", "stopped_by", "value", "best_epoch", "epochs_run", "error", "seconds", "start_ms",
-               "end_ms", "sampled")
 
 
 def parse_param(text: str | None) -> Any:
@@ -109,53 +113,24 @@ def load_records(study: Study, client: MlflowClient | None = None, curve_metrics
     """Read every trial of ``study`` from MLflow.
 
     Args:
-        study: the study (see :func:`search.studies.find_study`).
+        study: the study (see :func:`search.records.studies.find_study`).
         client: an MLflow client on the study's tracking URI (made when omitted).
         curve_metrics: per-epoch metrics to read for every trial besides the study metric.
     """
     client = client or study.client()
     parent = parent_run(client, study)
     metric, mode = study_metric(parent)
-    rows, curves, searched = [], {}, set()
-    for run in child_runs(client, study):
-        tags = run.data.tags
-        sampled = json.loads(tags.get("medtune.searched", "[]"))
-        searched.update(sampled)
-        best = tags.get(f"medtune.best_{metric}")
-        end = run.info.end_time or run.info.start_time
-        rows.append({
-            "trial_id": tags.get(TRIAL_TAG),
-            "run_id": run.info.run_id,
-            "state": tags.get(STATE_TAG, "unknown"),
-            "stopped_by": tags.get("medtune.stopped_by"),
-            "value": float(best) if best is not None else np.nan,
-            "best_epoch": int(tags["medtune.best_epoch"]) if "medtune.best_epoch" in tags else None,
-            "epochs_run": int(tags.get("medtune.last_epoch", 0)),
-            "error": tags.get("medtune.error"),
-            "seconds": (end - run.info.start_time) / 1000 if end and run.info.start_time else np.nan,
-            "start_ms": run.info.start_time, "end_ms": run.info.end_time, "sampled": tuple(sampled),
-            **{key: parse_param(value) for key, value in settings_of(run).items() if key not in NOT_SETTINGS},
-        })
-        curves[run.info.run_id] = epoch_curves(client, run.info.run_id, (metric, *curve_metrics))
-    trials = pd.DataFrame(rows)
-    for column in trials.columns[len(BOOKKEEPING):]:  # keep None and ints as they were, not NaN / floats
-        trials[column] = pd.Series([row.get(column) for row in rows], dtype=object)
+    runs = child_runs(client, study)
+    trials = trial_table(runs, metric, mode, parse=parse_param)
     if not trials.empty:
-        trials = trials.sort_values(["value", "trial_id"], ascending=[mode == "min", True],
-                                    na_position="last").reset_index(drop=True)
-    order = [name for name in _space_order(parent.data.tags.get("medtune.space", "")) if name in searched]
+        trials = trials.drop(columns=[c for c in NOT_SETTINGS if c in trials.columns])
+    searched = {name for names in trials.get("sampled", []) for name in names}
+    curves = {run.info.run_id: epoch_curves(client, run.info.run_id, (metric, *curve_metrics)) for run in runs}
+    order = [name for name in _space_order(parent.data.tags.get(SPACE_TAG, "")) if name in searched]
     searched_names = order + sorted(searched - set(order))
     return StudyRecords(study=study, metric=metric, mode=mode, trials=trials, searched=searched_names, curves=curves,
                         parent_params=dict(parent.data.params), parent_metrics=dict(parent.data.metrics),
                         parent_tags=dict(parent.data.tags))
-
-
-def settings_of(run: Any) -> dict[str, str]:
-    """A trial's settings as MLflow param strings, at full precision when the run has the
-    config tag (its params are rounded for display and include ``log10_<name>``)."""
-    if CONFIG_TAG in run.data.tags:
-        return {k: param_text(v) for k, v in json.loads(run.data.tags[CONFIG_TAG]).items()}
-    return dict(run.data.params)
 
 
 def epoch_curves(client: MlflowClient, run_id: str, metrics: tuple[str, ...]) -> pd.DataFrame:

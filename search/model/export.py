@@ -44,25 +44,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.studies import BestTrial, Study, StudyError, best_checkpoint, best_trial, child_runs
-from search.tags import DATA_SKIPPED_TAG
+from search.model.files import (
+    CARD_FILE,
+    CONFIG_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    METRICS_FILE,
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+)
+from search.records.studies import (
+    BestTrial,
+    Study,
+    StudyError,
+    best_checkpoint,
+    best_trial,
+    child_runs,
+)
+from search.records.tags import DATA_SKIPPED_TAG, SPACE_TAG, STATE_TAG
 from trainables.augment import InputSpec, prepare_batch
 from trainables.config import TrialConfig
 from trainables.data import ImageDataset
 
-EXPORT_FORMAT = "medtune-model"
-EXPORT_VERSION = 2  # 2: manifest.json with every file's SHA-256 (1: none)
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TORCHSCRIPT_FILE = "model.torchscript.pt"
-ONNX_FILE = "model.onnx"
-CARD_FILE = "MODEL_CARD.md"
-METRICS_FILE = "metrics.json"
-MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "medtune-export-manifest"
 FORMAT_TOLERANCE = 1e-4  # max abs difference in probabilities a reloaded format may have to PyTorch
 CHECK_IMAGES = 64
-SPACE_TAG_LIMIT = 7900  # search.tracking.start_study_run keeps this much of the space in a tag
+SPACE_TAG_LIMIT = 7900  # search.records.tracking.start_study_run keeps this much of the space in a tag
 
 Log = Callable[[str], None]
 
@@ -244,7 +253,7 @@ def study_space(client: Any, study: Study) -> tuple[Any, str]:
     ``space.yaml``, else the space file."""
     from search.space import load_yaml, parse_space
 
-    text = client.get_run(study.parent_run_id).data.tags.get("medtune.space")
+    text = client.get_run(study.parent_run_id).data.tags.get(SPACE_TAG)
     if text is None or len(text) >= SPACE_TAG_LIMIT:  # the tag holds a space only up to its length limit
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -391,7 +400,7 @@ def search_timing(client: Any, study: Study) -> dict[str, Any]:
     runs = child_runs(client, study)
     counts: dict[str, int] = {}
     for run in runs:
-        state = run.data.tags.get("medtune.state", "unknown")
+        state = run.data.tags.get(STATE_TAG, "unknown")
         counts[state] = counts.get(state, 0) + 1
     starts = [r.info.start_time for r in runs if r.info.start_time]
     ends = [r.info.end_time for r in runs if r.info.end_time]
@@ -403,7 +412,7 @@ def search_timing(client: Any, study: Study) -> dict[str, Any]:
 
 def trial_config(study: Study, best: BestTrial) -> TrialConfig:
     """The best trial's exact config: from one of its checkpoints, else its MLflow params."""
-    from search.studies import checkpoint_epochs, trial_directory
+    from search.records.studies import checkpoint_epochs, trial_directory
     from trainables.checkpoint import load_checkpoint
 
     try:
@@ -470,7 +479,7 @@ def input_size(spec: InputSpec, stored: tuple[int, int]) -> int:
 def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: InputSpec, study: Study,
                   best: BestTrial) -> dict[str, Any]:
     """The ``config.json`` of an export: how to rebuild the network and prepare its input."""
-    from search.tracking import library_versions
+    from search.records.tracking import library_versions
 
     config = final.config
     stored = (int(data.images.shape[1]), int(data.images.shape[2]))
@@ -557,9 +566,9 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     """
     from sklearn.metrics import confusion_matrix
 
-    from search.card import model_card
-    from search.publish import count_test_use
-    from search.tracking import roc_and_confusion_png
+    from search.model.card import model_card
+    from search.model.publish import count_test_use
+    from search.records.tracking import roc_and_confusion_png
     from trainables.trial import input_spec_for
 
     directory = options.directory.expanduser().resolve()
@@ -615,7 +624,7 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
             shutil.rmtree(staging, ignore_errors=True)
     log(f"wrote {directory}: " + ", ".join(sorted(p.name for p in directory.iterdir())))
 
-    from search.publish import log_test_results, register
+    from search.model.publish import log_test_results, register
 
     log_test_results(client, study, directory, summary, plots)
     if options.register:

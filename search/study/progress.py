@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from ray.tune import Callback
 
-from search.mlflow_logger import error_reason, final_state, trial_error
-from search.trainable import FAILURE_KEY
+from search.study.mlflow_logger import error_reason, final_state, trial_error
+from search.study.trainable import FAILURE_KEY
 
 
 class ProgressLine(Callback):
@@ -60,7 +60,7 @@ class ProgressLine(Callback):
     def line(self, trials) -> str:
         elapsed = time.time() - self._start
         clock = f"{_mmss(elapsed)} elapsed"
-        from search.stopping import clock_for
+        from search.study.stopping import clock_for
 
         budget = clock_for(self.clock_key)
         if budget is not None and budget.budget_s:

@@ -101,7 +101,7 @@ class InterruptWatch:
 
     Tune installs its own SIGINT handler during ``fit()``: the first Ctrl-C makes it save
     the experiment and return normally, and it re-installs the handler that was there
-    before, so that a second Ctrl-C stops at once. This watch installs that "before"
+    before, so that a second Ctrl-C stops at once (``search.study.ray_compat.SIGINT_CONTRACT``). This watch installs that "before"
     handler itself (it raises ``KeyboardInterrupt``, like Python's default), so after
     ``fit()`` it being installed again means a Ctrl-C came. Outside the main thread
     (where signals cannot be handled) it reports no interrupt.

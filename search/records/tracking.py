@@ -23,7 +23,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from search.tags import (
+from search.records.tags import (
     CURVE_PREFIX,
     DATA_FINGERPRINT_TAG,
     DATA_GROUP_OVERLAP_TAG,

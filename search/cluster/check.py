@@ -72,7 +72,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read a cluster YAML file into a dict (a clear error when it is no mapping)."""
     path = Path(path)
     if not path.is_file():
-        raise ClusterConfigError(path, [f"the file does not exist; pass the launcher config, e.g. cluster.yaml"])
+        raise ClusterConfigError(path, ["the file does not exist; pass the launcher config, e.g. cluster.yaml"])
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from search.storage import StudyFiles
+from search.records.storage import StudyFiles
 
 STUDY_FILE = "medtune_study.json"
 TUNER_PICKLE = "tuner.pkl"  # Ray Tune's own file name (ray.tune.impl.tuner_internal._TUNER_PKL)

@@ -11,7 +11,7 @@ What a child run holds, so that the MLflow UI reads at a glance:
   epoch medtune selects (the best by the study metric, the epoch ``search best`` ranks
   and exports), updated as a better epoch arrives; ``best_epoch`` says which;
 - per-epoch curves under ``epoch/<name>`` (step = epoch);
-- tags: state, last and best epoch, stop reason, error, nodes (:mod:`search.tags`);
+- tags: state, last and best epoch, stop reason, error, nodes (:mod:`search.records.tags`);
 - the best epoch's ROC curve and confusion matrix;
 - start and end times spanning the trial, and status FINISHED (completed or stopped
   early), FAILED (errored) or KILLED (lost).
@@ -29,24 +29,24 @@ from typing import Any
 import numpy as np
 from ray.tune import Callback
 
-from search.tags import (
+from search.records.tags import (
     BEST_EPOCH_TAG,
     CONFIG_TAG,
     CURVE_PREFIX,
     EPOCH_METRICS,
-    SELECTED_METRICS,
     ERROR_TAG,
     LAST_EPOCH_TAG,
     NODE_IP_TAG,
     NODE_TAG,
     NODES_TAG,
     SEARCHED_TAG,
+    SELECTED_METRICS,
     STATE_TAG,
     STOPPED_BY_TAG,
     TRIAL_TAG,
     best_metric_tag,
 )
-from search.tracking import (
+from search.records.tracking import (
     Metric,
     MlflowClient,
     Param,
@@ -61,7 +61,7 @@ from search.tracking import (
     roc_and_confusion_png,
     run_label,
 )
-from search.trainable import FAILURE_KEY
+from search.study.trainable import FAILURE_KEY
 from trainables.config import TrialConfig
 from trainables.trial import PREDICTIONS_FILE
 
@@ -76,7 +76,7 @@ def trial_epochs(trial, fixed: dict[str, Any]) -> int:
 
 def final_state(trial, fixed: dict[str, Any]) -> tuple[str, int]:
     """``("completed" | "stopped_early" | "errored", last epoch)`` of a trial Tune ended
-    normally (a deterministic failure is reported as a result, see search.trainable)."""
+    normally (a deterministic failure is reported as a result, see search.study.trainable)."""
     result = trial.last_result or {}
     epoch = int(result.get("epoch", 0))
     if FAILURE_KEY in result:
@@ -223,7 +223,7 @@ class MlflowTrialLogger(Callback):
         log = self.log_of(trial, result)
         if log.ended:
             return
-        if FAILURE_KEY in result:  # a deterministic failure, reported instead of raised (search.trainable)
+        if FAILURE_KEY in result:  # a deterministic failure, reported instead of raised (search.study.trainable)
             self._close_errored(trial, str(result[FAILURE_KEY]))
             return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
@@ -273,7 +273,7 @@ class MlflowTrialLogger(Callback):
         the runs of unfinished trials stay ``running``, so that ``--resume`` continues
         them. Either way, the plots still being drawn are finished before the study returns.
         """
-        from search.stopping import interrupted
+        from search.study.stopping import interrupted
 
         try:
             if interrupted():
@@ -293,7 +293,7 @@ class MlflowTrialLogger(Callback):
             self.wait_for_plots()
 
     def _budget_spent(self) -> bool:
-        from search.stopping import clock_for
+        from search.study.stopping import clock_for
 
         clock = clock_for(self.clock_key)
         return clock is not None and clock.exhausted()

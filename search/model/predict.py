@@ -45,8 +45,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.export import (CONFIG_FILE, EXPORT_FORMAT, EXPORT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, altered_export,
-                           data_content_digest, rebuild_model, reexport_command, verify_export)
+from search.model.export import (
+    CONFIG_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    altered_export,
+    data_content_digest,
+    rebuild_model,
+    reexport_command,
+    verify_export,
+)
 from trainables.augment import InputSpec, prepare_batch
 from trainables.config import DataConfig, TrialConfig
 from trainables.data import ImageDataset
@@ -332,7 +342,9 @@ def decode_image(path: Path, model: ExportedModel) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
-    from trainables.data.decode import _decode_one  # the training decoder itself, so inputs match training
+    from trainables.data.decode import (
+        _decode_one,  # the training decoder itself, so inputs match training
+    )
 
     pre = model.preprocess
     data = path.read_bytes()

@@ -9,7 +9,7 @@ successful), runs the command in a session of its own (pid = process group), rec
 pid and waits until a process of that group listens on the port; ``stop`` ends the whole
 group. Used by ``head_start_ray_commands``::
 
-    python -m search.service start ~/mlflow -- mlflow server --backend-store-uri ... --port 5000
+    python -m search.cluster.service start ~/mlflow -- mlflow server --backend-store-uri ... --port 5000
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def start(directory: Path, command: list[str], timeout_s: float = 120.0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search.service", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m search.cluster.service", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("directory", type=Path, help="where server.pid and server.log live")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the server command (start)")

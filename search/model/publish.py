@@ -1,7 +1,7 @@
 """The MLflow side of an export: the count of test-split uses and the test results on the
 study's parent run, and the registry.
 
-Kept apart from :mod:`search.export` (which builds, tests and writes the files) because
+Kept apart from :mod:`search.model.export` (which builds, tests and writes the files) because
 everything here changes shared state: the study's MLflow records and its model registry.
 Only an ``MlflowClient`` on the study's own tracking URI is used, never the fluent API,
 which would set the process-wide tracking URI and ``MLFLOW_TRACKING_URI`` (inherited by
@@ -17,9 +17,23 @@ from typing import Any
 
 import numpy as np
 
-from search.export import CARD_FILE, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, ONNX_FILE
-from search.studies import Study
-from search.tags import EXPORTED_TAG, TEST_USES_TAG
+from search.model.files import (
+    CARD_FILE,
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    ONNX_FILE,
+)
+from search.records.studies import Study
+from search.records.tags import (
+    EXPORT_REFIT_TAG,
+    EXPORT_TRAIN_IMAGES_TAG,
+    EXPORTED_TAG,
+    STUDY_TAG,
+    TEST_CONFUSION_TAG,
+    TEST_USES_TAG,
+    TRIAL_TAG,
+)
 
 
 def count_test_use(client: Any, study: Study) -> int:
@@ -45,14 +59,14 @@ def log_test_results(client: Any, study: Study, directory: Path, summary: dict[s
                      plots: dict[str, bytes]) -> None:
     """``test_*`` metrics, the test ROC curve and confusion matrix, and the card, config, metrics and
     manifest on the parent run."""
-    from search.tracking import Metric, RunTag, log_png, now_ms
+    from search.records.tracking import Metric, RunTag, log_png, now_ms
 
     stamp = now_ms()
     metrics = [Metric(k, float(v), stamp, 0) for k, v in summary["test"].items() if np.isfinite(v)]
     tags = [RunTag(EXPORTED_TAG, summary["best"]["trial_id"]),
-            RunTag("medtune.export.refit", str(summary["refit"]).lower()),
-            RunTag("medtune.export.train_images", str(summary["train_images"])),
-            RunTag("medtune.test_confusion_matrix", json.dumps(summary["test_confusion_matrix"]))]
+            RunTag(EXPORT_REFIT_TAG, str(summary["refit"]).lower()),
+            RunTag(EXPORT_TRAIN_IMAGES_TAG, str(summary["train_images"])),
+            RunTag(TEST_CONFUSION_TAG, json.dumps(summary["test_confusion_matrix"]))]
     client.log_batch(study.parent_run_id, metrics=metrics, tags=tags)
     for name, content in plots.items():
         log_png(client, study.parent_run_id, f"test_{name}", content)
@@ -99,8 +113,8 @@ def register(study: Study, directory: Path, name: str, config_json: dict[str, An
             raise
     version = client.create_model_version(name, source=f"runs:/{study.parent_run_id}/{path}",
                                           run_id=study.parent_run_id,
-                                          tags={"medtune.study": study.name,
-                                                "medtune.trial_id": config_json["study"]["trial_id"]})
+                                          tags={STUDY_TAG: study.name,
+                                                TRIAL_TAG: config_json["study"]["trial_id"]})
     return str(version.version)
 
 

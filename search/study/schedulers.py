@@ -18,21 +18,15 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
-from search.storage import StudyFiles
-
-
-def request_snapshot(tune_controller: Any) -> None:
-    """Make Tune save its experiment state at the end of the current step.
-
-    Uses the flag Tune itself sets when trials checkpoint often (Ray 2.60's
-    ``_ExperimentCheckpointManager._should_force_sync_up``); the controller saves after
-    the step, so the snapshot already holds the trial's new status. A Ray without the
-    flag keeps Tune's timed snapshots (``TUNE_GLOBAL_CHECKPOINT_S``).
-    """
-    controller = getattr(tune_controller, "_tune_controller", tune_controller)
-    manager = getattr(controller, "_checkpoint_manager", None)
-    if manager is not None and hasattr(manager, "_should_force_sync_up"):
-        manager._should_force_sync_up = True
+from search.records.storage import StudyFiles
+from search.study.ray_compat import (
+    asha_forget,
+    asha_knows,
+    asha_rungs,
+    asha_stopped,
+    request_snapshot,
+    set_asha_stopped,
+)
 
 
 class SnapshotOnTrialEvents:
@@ -76,10 +70,10 @@ class PersistentASHA(SnapshotOnTrialEvents, AsyncHyperBandScheduler):
         if text is None:
             return
         state = json.loads(text)
-        for bracket, rungs in zip(self._brackets, state["brackets"]):
-            for (milestone, recorded), saved in zip(bracket._rungs, rungs):
+        for bracket, rungs in zip(asha_rungs(self), state["brackets"]):
+            for (milestone, recorded), saved in zip(bracket, rungs):
                 recorded.update(saved["recorded"])
-        self._num_stopped = state["num_stopped"]
+        set_asha_stopped(self, state["num_stopped"])
 
     def _save(self) -> None:
         """Write the rungs, merged with what the file already holds.
@@ -90,14 +84,14 @@ class PersistentASHA(SnapshotOnTrialEvents, AsyncHyperBandScheduler):
         text = self._store.read_optional(self._filename)
         saved = json.loads(text) if text else None
         brackets = []
-        for b, bracket in enumerate(self._brackets):
+        for b, bracket in enumerate(asha_rungs(self)):
             rungs = []
-            for r, (milestone, recorded) in enumerate(bracket._rungs):
+            for r, (milestone, recorded) in enumerate(bracket):
                 merged = dict(saved["brackets"][b][r]["recorded"]) if saved else {}
                 merged.update(recorded)
                 rungs.append({"milestone": milestone, "recorded": merged})
             brackets.append(rungs)
-        state = {"num_stopped": max(self._num_stopped, saved["num_stopped"] if saved else 0), "brackets": brackets}
+        state = {"num_stopped": max(asha_stopped(self), saved["num_stopped"] if saved else 0), "brackets": brackets}
         self._store.write_text(self._filename, json.dumps(state))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -106,7 +100,7 @@ class PersistentASHA(SnapshotOnTrialEvents, AsyncHyperBandScheduler):
 
     def _ensure_added(self, tune_controller, trial) -> None:
         self._load_once()
-        if trial.trial_id not in self._trial_info:
+        if not asha_knows(self, trial.trial_id):
             super().on_trial_add(tune_controller, trial)
 
     def on_trial_add(self, tune_controller, trial) -> None:
@@ -125,4 +119,4 @@ class PersistentASHA(SnapshotOnTrialEvents, AsyncHyperBandScheduler):
         self._save()
 
     def on_trial_remove(self, tune_controller, trial) -> None:
-        self._trial_info.pop(trial.trial_id, None)
+        asha_forget(self, trial.trial_id)

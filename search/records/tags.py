@@ -19,11 +19,15 @@ DATA_SIZES_TAG = "medtune.data_sizes"
 DATA_SKIPPED_TAG = "medtune.data_skipped"  # {"unreadable": n, "blank": m}
 BEST_TRIAL_TAG = "medtune.best_trial_id"
 BEST_RUN_TAG = "medtune.best_run_id"
+BEST_LINK_TAG = "medtune.best_run_link"  # the best run's page in the MLflow UI (relative URL)
 RESUME_TAG = "medtune.resume_command"
 TRIAL_COUNT_PREFIX = "medtune.trials_"   # + state: how many trials are in it
 DATA_GROUP_OVERLAP_TAG = "medtune.data_group_overlap"  # groups the source's own splits share (accepted)
 TEST_USES_TAG = "medtune.test_uses"      # how many exports have evaluated on the test split
 EXPORTED_TAG = "medtune.export.trial_id"  # the trial last exported (set by every export)
+EXPORT_REFIT_TAG = "medtune.export.refit"  # whether that export was refit on train + val
+EXPORT_TRAIN_IMAGES_TAG = "medtune.export.train_images"
+TEST_CONFUSION_TAG = "medtune.test_confusion_matrix"
 
 # Child runs (one per trial).
 TRIAL_TAG = "medtune.trial_id"
