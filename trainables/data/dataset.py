@@ -23,11 +23,30 @@ import PIL
 
 from ..config import DataConfig
 from . import cache
-from .decode import DECODER_VERSION, BlankRule, Decoded, check_decode_settings, convert_arrays, decode_files
+from .decode import (
+    DECODER_VERSION,
+    BlankRule,
+    Decoded,
+    check_decode_settings,
+    convert_arrays,
+    decode_files,
+)
 from .errors import DataError, DataWarning
 from .medmnist import ensure_medmnist, known_file
-from .sources import Manifest, is_under_data_root, missing_source_error, open_source, resolve_data_path
-from .splits import SPLITS, check_class_presence, groups_across_source_splits, make_splits, subsample_train
+from .sources import (
+    Manifest,
+    is_under_data_root,
+    missing_source_error,
+    open_source,
+    resolve_data_path,
+)
+from .splits import (
+    SPLITS,
+    check_class_presence,
+    groups_across_source_splits,
+    make_splits,
+    subsample_train,
+)
 
 logger = logging.getLogger(__name__)
 
