@@ -18,7 +18,7 @@ value and the fix, before any expensive work starts: a key given twice in one ma
 parameter both fixed and searched, an unknown key (with the real name of a common alias
 such as ``learning_rate``), a value of the wrong type, or a range whose bound breaks a
 rule (reported at ``search.<name>`` with that bound). ``spaces/README.md`` documents every
-key.
+key; its tables are generated from the settings' declarations by ``search.settings_doc``.
 """
 
 from __future__ import annotations
@@ -34,11 +34,14 @@ import yaml
 from trainables.config import (
     ConfigError,
     DataConfig,
+    Rule,
     TrialConfig,
+    check_settings,
     coerce_value,
     field_choices,
     field_types,
     is_choice,
+    setting,
     suggest_trial_key,
 )
 from trainables.data import resolve_data_path
@@ -121,49 +124,59 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+SEARCH_METRICS = ("val_auc", "val_acc", "val_balanced_acc", "val_f1", "val_sensitivity", "val_specificity",
+                  "val_loss", "train_loss")
+
+
+def _metric_fix(metric: str) -> str:
+    """Why a metric cannot be searched on, and the closest one that can."""
+    if metric.startswith("test_"):
+        return "selecting on the test split leaks it; use a validation metric such as val_auc"
+    close = difflib.get_close_matches(metric, SEARCH_METRICS, n=1)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _is_duration(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclasses.dataclass(frozen=True)
 class TuneSettings:
-    """How trials are proposed and judged.
+    """How trials are proposed and judged: the ``tune`` section of a space.
 
-    Attributes:
-        algorithm: ``tpe`` (Optuna TPE, multivariate, seeded), ``random`` or ``grid``
-            (every combination of ``choice`` parameters).
-        num_samples: number of trials (``grid``: repeats of the grid).
-        time_budget: wall-clock budget such as ``90m`` or ``2h``; ``None`` = no limit.
-        metric / mode: what the search optimises; a validation metric, never a test one.
-            ``mode`` defaults to ``min`` for losses and ``max`` otherwise.
-        seed: seeds the sampler (the data split has its own seed in ``data``).
-        max_concurrent: cap on trials running at once (``None`` = as resources allow).
-        max_failures: retries of a crashed trial from its last checkpoint.
-        startup_trials: random trials before TPE starts modelling.
+    Each field's meaning, default and rule are declared with it
+    (:func:`trainables.config.setting`) and printed in ``spaces/README.md``; construction
+    checks them all, and fills in ``mode`` from the metric when it is ``None``.
     """
 
-    algorithm: Literal["tpe", "random", "grid"] = "tpe"
-    num_samples: int = 10
-    time_budget: str | None = None
-    metric: str = "val_auc"
-    mode: Literal["max", "min"] | None = None
-    seed: int = 0
-    max_concurrent: int | None = None
-    max_failures: int = 1
-    startup_trials: int = 5
+    algorithm: Literal["tpe", "random", "grid"] = setting(
+        "tpe", doc="`tpe` (Optuna TPE: seeded, multivariate, constant liar), `random`, or `grid` (every "
+                   "combination of the `choice` and `int` parameters)")
+    num_samples: int = setting(10, doc="number of trials (`grid`: repeats of the grid)", rule=">= 1")
+    time_budget: str | None = setting(
+        None, doc="wall time of the whole study, summed over every `--resume` of it; trials running when it "
+                  "is spent end as stopped early by the time budget; null: no limit",
+        rule=Rule("a duration such as 45m, 2h or 1h30m", _is_duration, "write e.g. 90m, 2h or 1h30m"))
+    metric: str = setting(
+        "val_auc", doc="what the search optimises: a validation metric, never a test one",
+        rule=Rule(f"one of {', '.join(SEARCH_METRICS)}", lambda m: m in SEARCH_METRICS, _metric_fix))
+    mode: Literal["max", "min"] | None = setting(
+        None, doc="whether the metric is maximised or minimised; null: `min` for a metric ending in `loss`, else `max`")
+    seed: int = setting(0, doc="seeds the sampler (the data split has its own seed in `data`)")
+    max_concurrent: int | None = setting(None, doc="cap on trials running at once; null: as many as resources allow",
+                                         rule=">= 1", fix="use null to run as many trials as resources allow")
+    max_failures: int = setting(1, doc="retries of a crashed trial (a lost node, a killed worker) from its last "
+                                       "checkpoint; failures a retry would repeat (non-finite loss, a setting the "
+                                       "backbone or data cannot take) are not retried")
+    startup_trials: int = setting(5, doc="random trials before TPE starts modelling", rule=">= 0")
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, but got {self.num_samples}")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            # 0 used to fall through `max_concurrent or ...` and silently mean "as resources allow".
-            raise ValueError(f"max_concurrent must be >= 1, but got {self.max_concurrent}; "
-                             f"use null to run as many trials as resources allow")
-        if self.metric.startswith("test_"):
-            raise ValueError(f"metric {self.metric!r} is a test metric: selecting on the test split leaks it; "
-                             f"use a validation metric such as val_auc")
-        if self.metric not in SEARCH_METRICS:
-            close = difflib.get_close_matches(self.metric, SEARCH_METRICS, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(SEARCH_METRICS)}"
-            raise ValueError(f"metric {self.metric!r} is not reported by trials; {hint}")
-        if self.time_budget is not None:
-            parse_duration(self.time_budget)
+        # 0 for max_concurrent used to fall through `max_concurrent or ...` and mean "as resources allow".
+        check_settings(self)
         if self.mode is None:
             object.__setattr__(self, "mode", "min" if self.metric.endswith("loss") else "max")
 
@@ -172,51 +185,51 @@ class TuneSettings:
         return None if self.time_budget is None else parse_duration(self.time_budget)
 
 
-SEARCH_METRICS = ("val_auc", "val_acc", "val_balanced_acc", "val_f1", "val_sensitivity", "val_specificity",
-                  "val_loss", "train_loss")
-
-
 @dataclasses.dataclass(frozen=True)
 class SchedulerSettings:
-    """Early stopping of weak trials on the epoch axis.
+    """Early stopping of weak trials on the epoch axis: the ``scheduler`` section of a space.
 
     ``asha``: a trial reaching epoch ``grace_period * reduction_factor**k`` continues only
-    if its metric is in the top ``1/reduction_factor`` of trials that reached that rung.
+    if its metric is in the top ``1/reduction_factor`` of trials that reached that rung;
+    the last rung is the largest ``epochs`` a trial can have. The fields are documented
+    where they are declared.
     """
 
-    type: Literal["asha", "none"] = "asha"
-    grace_period: int = 1
-    reduction_factor: float = 3.0
+    type: Literal["asha", "none"] = setting("asha", doc="`asha` stops weak trials early; `none` runs every trial "
+                                                        "to the end")
+    grace_period: int = setting(1, doc="epochs every trial runs before ASHA may stop it", rule=">= 1")
+    reduction_factor: float = setting(3.0, doc="ASHA keeps the top 1/`reduction_factor` of trials at each rung",
+                                      rule="> 1")
 
     def __post_init__(self) -> None:
-        if self.grace_period < 1:
-            raise ValueError(f"grace_period must be >= 1 epoch, but got {self.grace_period}")
-        if self.reduction_factor <= 1:
-            raise ValueError(f"reduction_factor must be > 1, but got {self.reduction_factor}")
+        check_settings(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class ResourceSettings:
-    """Per-trial resources; ``gpus`` below 1 packs several trials on one GPU.
+    """Per-trial resources: the ``resources`` section of a space (fields documented where declared)."""
 
-    ``gpus: null`` (the default) means one GPU per trial when the cluster has GPUs and
-    none otherwise, so the same space runs on a laptop and on a GPU cluster.
-    """
-
-    cpus: float = 1.0
-    gpus: float | None = None
+    cpus: float = setting(1.0, doc="CPUs per trial", rule="> 0")
+    gpus: float | None = setting(
+        None, doc="GPUs per trial; a fraction such as 0.25 packs four trials on one GPU; null: one GPU when the "
+                  "cluster has GPUs, else none (asking for GPUs on a cluster without any runs on CPUs, with a "
+                  "message)", rule=">= 0")
 
     def __post_init__(self) -> None:
-        if self.cpus <= 0 or (self.gpus is not None and self.gpus < 0):
-            raise ValueError(f"cpus must be > 0 and gpus >= 0, but got cpus={self.cpus}, gpus={self.gpus}")
+        check_settings(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class MlflowSettings:
-    """Where trials are logged; ``None`` = space name / ``MLFLOW_TRACKING_URI`` / ``sqlite:///mlflow.db``."""
+    """Where trials are logged: the ``mlflow`` section of a space (fields documented where declared)."""
 
-    experiment: str | None = None
-    tracking_uri: str | None = None
+    experiment: str | None = setting(None, doc="MLflow experiment; null: the space name")
+    tracking_uri: str | None = setting(
+        None, doc="where trials are logged; `search run --tracking-uri`, then `$MLFLOW_TRACKING_URI`, take "
+                  "precedence; null: `sqlite:///mlflow.db` in the working directory")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def parse_duration(text: str) -> float:
@@ -442,12 +455,7 @@ def _parse_data(path: Path, section: Any) -> DataConfig:
     if not isinstance(section, dict) or "source" not in section:
         raise SpaceError(path, "data", "must be a mapping with a `source` key", "e.g. `source: medmnist/pneumoniamnist.npz`")
     values = {**section, "source": str(resolve_data_path(str(section["source"])))}
-    data = build_section(path, "data", values, DataConfig)
-    try:
-        data.validate()
-    except ConfigError as err:
-        raise SpaceError(path, f"data.{err.keys[0]}", str(err)) from None
-    return data
+    return build_section(path, "data", values, DataConfig)  # construction checks every data-free rule
 
 
 def build_section(path: Path, name: str, section: Any, cls: type) -> Any:
@@ -456,7 +464,9 @@ def build_section(path: Path, name: str, section: Any, cls: type) -> Any:
     Unknown keys are refused with the closest valid key; values of the wrong kind or
     outside a ``Literal`` field's choices are refused with the key path, the value and the
     expected type. Coercion is :func:`trainables.config.coerce_value`, the one that
-    ``TrialConfig.from_dict`` uses, so ``true`` is never read as 1 nor 1 as true.
+    ``TrialConfig.from_dict`` uses, so ``true`` is never read as 1 nor 1 as true. The
+    schema's rules are checked by constructing ``cls``; a broken one is reported at
+    ``<name>.<key>`` of the setting it belongs to (the first one, for a rule between two).
     """
     if section is None:
         section = {}
@@ -478,7 +488,9 @@ def build_section(path: Path, name: str, section: Any, cls: type) -> Any:
             fix = f"did you mean '{close[0]}'?" if close else f"use one of {allowed}"
             raise SpaceError(path, f"{name}.{key}", f"expects {kind}, but got {value!r}", fix)
     try:
-        return cls(**values)
+        return cls(**values)  # checks every rule of the schema (``__post_init__``)
+    except ConfigError as err:
+        raise SpaceError(path, f"{name}.{err.keys[0]}", str(err)) from None
     except ValueError as err:
         raise SpaceError(path, name, str(err)) from None
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables.config import DataConfig
+from trainables.config import ConfigError, DataConfig
 from trainables.data import (
     DataError,
     DataWarning,
@@ -514,13 +514,15 @@ def test_empty_split_and_bad_settings(data_root: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="val split is empty"):
         load_dataset(cfg(source, val_fraction=0.0, cache_dir=str(tmp_path)))
     assert not (tmp_path / "decoded").exists(), "the empty split must be found before decoding"
-    with pytest.raises(DataError, match=r"val_fraction \+ test_fraction < 1"):
+    # settings that need no data are refused when the DataConfig is built (ConfigError, a ValueError)
+    with pytest.raises(ConfigError, match=r"'val_fraction' must be < 1 - test_fraction, but got val_fraction=0.6 "
+                                          r"with test_fraction=0.5"):
         load_dataset(cfg(source, val_fraction=0.6, test_fraction=0.5))
-    with pytest.raises(DataError, match="train_fraction"):
+    with pytest.raises(ConfigError, match=r"'train_fraction' must be in \(0, 1\], but got 0.0"):
         load_dataset(cfg(source, train_fraction=0.0))
-    with pytest.raises(DataError, match="'format' must be one of .* but got 'imgfolder'; did you mean 'imagefolder'"):
+    with pytest.raises(ConfigError, match="'format' must be one of .* but got 'imgfolder'; did you mean 'imagefolder'"):
         load_dataset(cfg(source, format="imgfolder"))  # type: ignore[arg-type]
-    assert issubclass(DataError, ValueError)
+    assert issubclass(DataError, ValueError) and issubclass(ConfigError, ValueError)
 
 
 def test_test_split_empty_only_when_asked(data_root: Path) -> None:

@@ -321,13 +321,22 @@ def test_freeze_out_of_range_on_model() -> None:
         (dict(backbone="cnn4"), r"'cnn3'"),
         (dict(backbone="resnet18", pretrained="/no/such/weights.safetensors"), r"does not exist"),
         (dict(backbone="cnn3", pretrained=True), r"from-scratch baseline.*pretrained: false"),
-        (dict(backbone="resnet18", head_activation="swish"), r"head_activation must be one of"),
-        (dict(backbone="resnet18", initializer="he_normal"), r"initializer must be one of"),
     ],
 )
 def test_model_errors(settings: dict, pattern: str) -> None:
     with pytest.raises(ModelError, match=pattern):
         build_model(TrialConfig(**settings), num_classes=2, in_chans=3)
+
+
+@pytest.mark.parametrize("settings, pattern", [
+    (dict(backbone="resnet18", head_activation="swish"), r"'head_activation' must be one of"),
+    (dict(backbone="resnet18", initializer="he_normal"), r"'initializer' must be one of"),
+])
+def test_unknown_choices_are_refused_when_the_config_is_built(settings: dict, pattern: str) -> None:
+    from trainables.config import ConfigError
+
+    with pytest.raises(ConfigError, match=pattern):
+        TrialConfig(**settings)
 
 
 def test_backbone_stages_errors() -> None:

@@ -4,6 +4,13 @@ A trial's configuration is flat on purpose: Ray Tune and Optuna sample flat dict
 ``search trial --set key=value`` overrides one key at a time. ``TrialConfig.from_dict``
 is the single place where a sampled dict becomes typed settings, and it rejects unknown
 keys with the closest valid one so that a typo never silently falls back to a default.
+
+Every setting of every settings dataclass (here and in ``search.space``) is declared once,
+with :func:`setting`: its type (the annotation), its default, its one-line doc and its
+rules (:class:`Rule`; choices come from a ``Literal`` annotation). Construction checks
+them all (:func:`check_settings` in ``__post_init__``, so ``dataclasses.replace`` is
+checked too), and ``search.settings_doc`` prints them as the tables of
+``spaces/README.md``.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ import difflib
 import functools
 import math
 import numbers
+import operator
 import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 Schedule = Literal["constant", "step", "multistep", "exponential", "cosine", "onecycle", "plateau"]
@@ -48,84 +56,170 @@ class ConfigError(ValueError):
         self.keys: tuple[str, ...] = (keys,) if isinstance(keys, str) else tuple(keys)
 
 
-# Decoded images are held in memory as one uint8 array (n x size x size x channels). At
-# 4096 px one RGB image is 48 MiB, so a few hundred of them already exceed a large
-# machine's memory, and no ImageNet backbone is trained at more than ~600 px: a larger
-# value is a typo or a whole-slide image that must be tiled first. Whether a smaller size
-# fits depends on the number of images, which only the data loader knows.
-MAX_IMAGE_SIZE = 4096
+# ----------------------------------------------------------------------------- the schema
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Where the labelled images are and how to turn them into splits.
+class Rule:
+    """A rule one setting's value must follow, kept as data: checked, and printed in the README.
 
     Attributes:
-        source: a MedMNIST ``.npz``, a CSV manifest, a ``.zip`` holding ``labels.csv``,
-            an ImageFolder directory or a Kaggle-PCam directory (``train_labels.csv``).
-        format: ``auto`` detects it from ``source``.
-        path_column / label_column: CSV columns naming the image and its integer label.
-        split_column: CSV column with ``train``/``val``/``test`` (``valid`` accepted);
-            ``None`` detects a ``split`` column when there is one.
-        group_column: patient/group column; the split never puts one group in two splits.
-        label_name_column: CSV column with class names (optional).
-        image_size: decode every image to this square size; ``None`` keeps the native size,
-            which must then be the same for every image.
-        channels: 1 (grayscale) or 3 (RGB) at decode time; ``None`` = 1 if the source is
-            grayscale, else 3.
-        val_fraction / test_fraction: share of the data for a split that the source lacks.
-        train_fraction: stratified subsample of the training split (training-size studies).
-        seed: seeds the split and the subsample; same seed, same split in every trial.
-        blank_filter: skip near-blank patches (mean >= blank_white or <= blank_black,
-            and spatial standard deviation <= blank_max_std in every channel). The
-            defaults were read off the PCam patches: they drop empty glass (white,
-            grey or tan) and black scanner borders, and keep patches showing any tissue.
-        cache_dir: where decoded arrays are cached (``MEDTUNE_CACHE`` or
-            ``~/.cache/medtune`` when ``None``).
-        allow_group_overlap: accept group ids that the source's own split puts in more
-            than one split (the loader refuses them by default: the same patient in train
-            and test leaks). Set it when ids are only unique within a split, as in
-            Kermany, which numbers patients per official split; the loader then warns and
-            records the count on ``ImageDataset.group_overlap``.
+        text: what the value must be, read after "must be": ``> 0``, ``in [0, 1)``,
+            ``auto, cpu, cuda, cuda:N (a GPU index) or mps``.
+        test: ``value -> bool``; ``(value, config) -> bool`` when ``uses`` is not empty.
+        fix: how to repair a broken value, appended to the error; a callable gets the
+            value and returns the fix (e.g. the closest valid spelling) or ``""``.
+        uses: the other settings the rule compares with (``warmup_epochs < epochs``): they
+            are named in the error and its ``keys``, and checked before such a rule runs.
     """
 
-    source: str
-    format: Literal["auto", "npz", "csv", "imagefolder", "kaggle_pcam"] = "auto"
-    path_column: str = "path"
-    label_column: str = "label"
-    split_column: str | None = None
-    group_column: str | None = None
-    label_name_column: str | None = None
-    image_size: int | None = None
-    channels: Literal[1, 3] | None = None
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    train_fraction: float = 1.0
-    seed: int = 0
-    blank_filter: bool = True
-    blank_white: float = 200.0
-    blank_black: float = 40.0
-    blank_max_std: float = 6.0
-    cache_dir: str | None = None
-    allow_group_overlap: bool = False
+    text: str
+    test: Callable[..., bool]
+    fix: str | Callable[[Any], str] = ""
+    uses: tuple[str, ...] = ()
 
-    def validate(self) -> None:
-        """Check the choices and the image size, which need no data.
+    def holds(self, value: Any, config: Any) -> bool:
+        return bool(self.test(value, config) if self.uses else self.test(value))
 
-        Separate from construction (like :meth:`TrialConfig.validate`): the data loader
-        checks the fractions and reports its own errors, and a space file calls this to
-        refuse ``channels: 2`` or ``image_size: 100000`` before any decoding starts.
+    def fix_for(self, value: Any) -> str:
+        return self.fix(value) if callable(self.fix) else self.fix
 
-        Raises:
-            ConfigError: naming the key, the value and what is allowed.
-        """
-        check_choices(self, "data setting")
-        size = self.image_size
-        if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
-                                     and 1 <= size <= MAX_IMAGE_SIZE):
-            raise ConfigError("image_size", f"`1 <= image_size <= {MAX_IMAGE_SIZE}` must hold, but got "
-                                            f"image_size={size!r}; decode to a size the backbone uses "
-                                            f"(e.g. 224), tile larger images first, or null for the native size")
+
+_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
+_RANGE = re.compile(rf"\s*(?:({_NUMBER})\s*(<=?)\s*x|x?)\s*(?:(<=?|>=?)\s*({_NUMBER}))?\s*")
+
+
+def range_rule(spec: str, fix: str | Callable[[Any], str] = "") -> Rule:
+    """A numeric range written as a comparison on ``x``: ``">= 1"``, ``"> 0"``, ``"0 <= x < 1"``.
+
+    The value must also be finite (``nan`` and ``inf`` break every range). The rule's
+    text is ``>= 1`` for one bound and the interval ``in [0, 1)`` for two.
+
+    Raises:
+        ValueError: ``spec`` is not such a comparison (a mistake in the schema itself).
+    """
+    match = _RANGE.fullmatch(spec)
+    if not match or not (match[1] or match[3]) or (match[1] and match[3] and match[3][0] != "<"):
+        raise ValueError(f"range rule {spec!r} must read like '>= 1', '> 0' or '0 <= x < 1'")
+    bounds: list[tuple[str, float]] = []  # (operator applied as `x OP bound`, bound)
+    if match[1]:
+        bounds.append((_FLIP[match[2]], float(match[1])))
+    if match[3]:
+        bounds.append((match[3], float(match[4])))
+
+    def test(value: Any) -> bool:
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                and all(_COMPARE[op](value, bound) for op, bound in bounds))
+
+    def shown(bound: float) -> str:
+        return str(int(bound)) if bound.is_integer() else repr(bound)
+
+    if len(bounds) == 1:
+        text = f"{bounds[0][0]} {shown(bounds[0][1])}"
+    else:
+        (low_op, low), (high_op, high) = bounds
+        text = f"in {'[' if low_op == '>=' else '('}{shown(low)}, {shown(high)}{']' if high_op == '<=' else ')'}"
+    return Rule(text, test, fix)
+
+
+def setting(default: Any = dataclasses.MISSING, *, doc: str, rule: str | Rule | tuple[str | Rule, ...] = (),
+            fix: str | Callable[[Any], str] = "") -> Any:
+    """One settings-dataclass field: its default, its one-line doc and its rules.
+
+    ``rule`` is a range such as ``">= 1"`` or ``"0 <= x < 1"`` (:func:`range_rule`, with
+    ``fix``), a :class:`Rule`, or a tuple of them. Choices need no rule: a ``Literal``
+    annotation is checked by :func:`check_settings`. A mutable default is not allowed
+    (settings are frozen; use a tuple).
+    """
+    rules = rule if isinstance(rule, tuple) else (rule,)
+    parsed = tuple(range_rule(r, fix) if isinstance(r, str) else r for r in rules)
+    return dataclasses.field(default=default, metadata={"doc": doc, "rules": parsed})
+
+
+def field_doc(cls: type, name: str) -> str:
+    """The one-line doc of a settings field (``""`` when it has none)."""
+    return cls.__dataclass_fields__[name].metadata.get("doc", "")
+
+
+def field_rules(cls: type, name: str) -> tuple[Rule, ...]:
+    """The rules of a settings field, besides its type and its ``Literal`` choices."""
+    return cls.__dataclass_fields__[name].metadata.get("rules", ())
+
+
+def conforms(value: Any, hint: Any) -> bool:
+    """Whether ``value`` already has the type ``hint`` names, without coercing it.
+
+    Strict like :func:`coerce_value`: a bool is not a number nor a number a bool, a
+    ``float`` field takes any real number, a ``tuple`` field only a tuple; ``Literal``
+    values are checked by :func:`check_choices`, not here.
+    """
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(conforms(value, member) for member in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return is_choice(value, typing.get_args(hint))
+    if origin is tuple:
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else Any
+        return isinstance(value, tuple) and all(conforms(v, item) for v in value)
+    is_bool = isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b"
+    if hint is bool:
+        return is_bool
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not is_bool
+    if hint is float:
+        return isinstance(value, numbers.Real) and not is_bool
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it in YAML: tuples as lists."""
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def check_settings(config: Any, what: str = "") -> None:
+    """Check every field of the settings dataclass ``config`` against its declaration.
+
+    In order: every value's kind (a ``Literal`` field's choices, else its type), then the
+    rules of single settings, then the rules between settings, each in field order, so
+    ``epochs: 0`` is reported as itself before ``warmup_epochs < epochs`` is tried.
+    ``what`` prefixes the key in messages (``trial parameter 'lr'``; bare ``lr`` when
+    empty, for a section whose errors the space file already prefixes).
+
+    Raises:
+        ConfigError: the first broken rule: the key, the rule, the value and the fix.
+    """
+    cls = type(config)
+    hints, choices = _hints(cls), _choices(cls)
+
+    def label(name: str) -> str:
+        return f"{what} '{name}'" if what else name
+
+    check_choices(config, what)
+    for f in dataclasses.fields(cls):
+        value = getattr(config, f.name)
+        if f.name not in choices and not conforms(value, hints[f.name]):
+            raise ConfigError(f.name, f"{label(f.name)} expects {f.type}, but got {_shown(value)}")
+    for between in (False, True):
+        for f in dataclasses.fields(cls):
+            value = getattr(config, f.name)
+            if value is None:  # an optional setting left unset: null is its documented meaning
+                continue
+            for rule in field_rules(cls, f.name):
+                if bool(rule.uses) != between or rule.holds(value, config):
+                    continue
+                got = _shown(value)
+                if rule.uses:
+                    others = ", ".join(f"{k}={_shown(getattr(config, k))}" for k in rule.uses)
+                    got = f"{f.name}={got} with {others}"
+                fix = rule.fix_for(value)
+                raise ConfigError((f.name, *rule.uses), f"{label(f.name)} must be {rule.text}, but got {got}"
+                                                        + (f"; {fix}" if fix else ""))
 
 
 def check_choices(config: Any, what: str) -> None:
@@ -139,97 +233,215 @@ def check_choices(config: Any, what: str) -> None:
         if not is_choice(value, allowed):
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(name, f"{what} '{name}' must be one of {', '.join(map(str, allowed))}, "
+            label = f"{what} '{name}'" if what else name
+            raise ConfigError(name, f"{label} must be one of {', '.join(map(str, allowed))}, "
                                     f"but got {value!r}{hint}")
+
+
+# ----------------------------------------------------------------------------- the settings
+
+
+# Decoded images are held in memory as one uint8 array (n x size x size x channels). At
+# 4096 px one RGB image is 48 MiB, so a few hundred of them already exceed a large
+# machine's memory, and no ImageNet backbone is trained at more than ~600 px: a larger
+# value is a typo or a whole-slide image that must be tiled first. Whether a smaller size
+# fits depends on the number of images, which only the data loader knows.
+MAX_IMAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the labelled images are and how to turn them into splits.
+
+    Each field's meaning, default and rule are declared with it (:func:`setting`) and
+    printed in the ``data`` table of ``spaces/README.md``. Construction checks them all,
+    the data-free ones included (choices, ``image_size`` at most :data:`MAX_IMAGE_SIZE`,
+    the fractions, the blank thresholds), so ``channels: 2`` or ``image_size: 100000`` is
+    refused before any decoding starts; the loader checks what needs the data.
+
+    The blank-filter defaults were read off the PCam patches: they drop empty glass
+    (white, grey or tan) and black scanner borders, and keep patches showing any tissue.
+    """
+
+    source: str = setting(doc="`.npz` (MedMNIST), `.csv` manifest, `.zip` holding `labels.csv`, ImageFolder "
+                              "directory or Kaggle-PCam directory (`train_labels.csv`); a relative path in a "
+                              "space file resolves under `$MEDTUNE_DATA` (default `./data`)")
+    format: Literal["auto", "npz", "csv", "imagefolder", "kaggle_pcam"] = setting(
+        "auto", doc="how to read `source`; `auto` detects it")
+    path_column: str = setting("path", doc="CSV column with each image's path")
+    label_column: str = setting("label", doc="CSV column with each image's integer label")
+    split_column: str | None = setting(None, doc="CSV column with `train`/`val`/`test` (`valid` accepted); "
+                                                 "null: the `split` column when there is one")
+    group_column: str | None = setting(None, doc="patient/group id column: no group is ever in two splits; "
+                                                 "null: no groups")
+    label_name_column: str | None = setting(None, doc="CSV column with class names; null: the `label_name` "
+                                                      "column when there is one")
+    image_size: int | None = setting(
+        None, doc="decode every image to this square size; null: the native size, which must then be the "
+                  "same for every image",
+        rule=f"1 <= x <= {MAX_IMAGE_SIZE}",
+        fix="decode to a size the backbone uses (e.g. 224), tile larger images first, or null for the native size")
+    channels: Literal[1, 3] | None = setting(None, doc="channels at decode time, 1 (grayscale) or 3 (RGB); "
+                                                       "null: 1 when every image is grayscale, else 3")
+    val_fraction: float = setting(
+        0.15, doc="share of the data for the val split when the source has none",
+        rule=("0 <= x < 1", Rule("< 1 - test_fraction", lambda v, c: v + c.test_fraction < 1.0,
+                                 "the train split needs the rest: lower val_fraction or test_fraction",
+                                 uses=("test_fraction",))))
+    test_fraction: float = setting(0.15, doc="share of the data for the test split when the source has none",
+                                   rule="0 <= x < 1")
+    train_fraction: float = setting(1.0, doc="stratified subsample of the training split, for every trial",
+                                    rule="0 < x <= 1")
+    seed: int = setting(0, doc="seeds the split and the subsample: same seed, same split in every trial and run",
+                        rule=">= 0")
+    blank_filter: bool = setting(True, doc="skip near-blank patches: mean >= `blank_white` or <= `blank_black`, "
+                                           "and spatial std <= `blank_max_std` in every channel")
+    blank_white: float = setting(200.0, doc="mean brightness from which a flat patch is blank (white glass)",
+                                 rule="0 <= x <= 255")
+    blank_black: float = setting(
+        40.0, doc="mean brightness up to which a flat patch is blank (black border)",
+        rule=("0 <= x <= 255", Rule("< blank_white", lambda v, c: v < c.blank_white, uses=("blank_white",))))
+    blank_max_std: float = setting(6.0, doc="largest spatial standard deviation of a blank patch",
+                                   rule=">= 0")
+    cache_dir: str | None = setting(None, doc="where decoded arrays are cached; null: `$MEDTUNE_CACHE`, else "
+                                              "`~/.cache/medtune`")
+    allow_group_overlap: bool = setting(
+        False, doc="accept a source whose own splits (a split column, official train/test folders) put one "
+                   "group in two splits; refused by default, since a patient in train and test inflates the "
+                   "test score; when true, a warning, and the model card says so (Kermany numbers patients "
+                   "per official split)")
+
+    def __post_init__(self) -> None:
+        check_settings(self, "data setting")
+
+    def validate(self) -> None:
+        """Check every setting again (construction already did; kept for callers that ask).
+
+        Raises:
+            ConfigError: naming the key, the value and what is allowed.
+        """
+        check_settings(self, "data setting")
+
+
+# What ``trainables.trial.select_device`` turns into a torch device: ``auto`` itself, or a
+# name torch accepts and the trial code handles (CUDA with bf16 autocast, MPS and the CPU
+# without). Checked here so that ``device: gpu`` fails before Ray starts, not in torch.
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _device_hint(value: Any) -> str:
+    """The device the user most likely meant: ``gpu`` -> ``cuda``, ``GPU:1`` -> ``cuda:1``."""
+    text = str(value).strip().lower().replace(" ", "")
+    fixed = re.sub(r"^(gpu|nvidia|cuda)[:_-]?(\d*)$", lambda m: "cuda" + (f":{m[2]}" if m[2] else ""), text)
+    if _DEVICE.fullmatch(fixed):
+        return fixed
+    close = difflib.get_close_matches(text, ["auto", "cpu", "cuda", "mps"], n=1)
+    return close[0] if close else ""
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs besides the data: model, optimisation, input, seed.
 
-    Model:
-        backbone: a timm model name or a from-scratch baseline (``cnn3``, ``cnn9``).
-        pretrained: ``False``/``"none"`` trains from scratch; ``True`` loads ImageNet
-            weights (from an installed offline weight package when one exists for the
-            backbone, else the timm hub); ``"hub"`` forces the hub; any other string is a
-            local ``.safetensors``/``.pth`` file.
-        in_chans: network input channels; ``None`` = the data's channels.
-        frozen_stages: stages of ``feature_info`` kept frozen (0 = fine-tune everything,
-            number of stages = pure feature extraction).
-        truncate_after: keep stages ``0..truncate_after`` only; ``None`` = full network.
-        head_hidden: widths of the head's hidden layers (empty = linear head).
-        head_activation: activation between head layers.
-        dropout: dropout before each head layer.
-        initializer: head initializer; also the whole network's when not pretrained.
-    Optimisation:
-        optimizer, lr, momentum (sgd/rmsprop), nesterov (sgd), weight_decay (decoupled,
-        not on norms and biases), l1 / l2 (loss penalties on weights, not on norms and
-        biases; ``penalty_scope`` ``head`` limits them to the head, like Keras
-        regularisers on the dense layers only), lr_ratio (learning rate of the first backbone stage / the head's; stages
-        in between are interpolated geometrically), schedule with warmup_epochs,
-        step_size, gamma, milestones, min_lr_ratio, plateau_patience, batch_size,
-        epochs, class_weighting (``balanced`` weights the loss by inverse class frequency),
-        eval_batch_size (``None``: see :meth:`eval_batch`).
-    Data:
-        train_fraction: stratified, seeded subsample of the training split for this trial
-            (searchable: training-set-size studies); nested, so 0.05 is inside 0.2.
-    Input and augmentation:
-        crop_size: centre crop of the stored image (``None`` = whole image), then resized
-            to input_size (``None`` = crop size). aug_flip, aug_rot90 (90° rotations),
-            aug_color (brightness/contrast jitter strength), aug_shift (random crop offset
-            in pixels around the centre crop).
-    Hardware:
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N`` (GPU ``N``) or
-            ``mps``.
-        precision: ``auto`` = bf16 autocast on CUDA, fp32 on the CPU; ``bf16`` also
-            autocasts on the CPU (2-3x faster for plain convnets such as ``cnn3`` or
-            ResNets on CPUs with AMX, e.g. Xeon Sapphire Rapids; slower for depthwise
-            EfficientNets, and emulated, so slow, on CPUs without bf16 units);
-            ``fp32`` never autocasts.
+    Each field's meaning, default and rule are declared with it (:func:`setting`) and
+    printed in the trial-parameter table of ``spaces/README.md``; construction checks
+    them all. The fields come in groups: the model (``backbone`` .. ``initializer``),
+    the optimisation and the learning-rate schedule (``optimizer`` ..
+    ``class_weighting``), input and augmentation (``crop_size`` .. ``aug_shift``), the
+    per-trial data subsample, the seed, and the hardware (``device``, ``precision``).
+    Ranges that depend on the backbone (``frozen_stages``, ``truncate_after``) are
+    checked by ``trainables.models``.
     """
 
-    backbone: str = "cnn3"
-    pretrained: bool | str = False
-    in_chans: int | None = None
-    frozen_stages: int = 0
-    truncate_after: int | None = None
-    head_hidden: tuple[int, ...] = ()
-    head_activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = "relu"
-    dropout: float = 0.0
-    initializer: Initializer = "default"
+    backbone: str = setting("cnn3", doc="any timm model name, or `cnn3` / `cnn9` (from-scratch baselines)")
+    pretrained: bool | str = setting(
+        False, doc="false (or `none`): train from scratch; true: ImageNet weights (the installed offline "
+                   "package for the backbone, else the timm hub); `hub`: force the timm hub; any other "
+                   "string: a local `.safetensors`/`.pth` file")
+    in_chans: Literal[1, 3] | None = setting(None, doc="network input channels; null: the data's channels")
+    frozen_stages: int = setting(0, doc="backbone stages kept frozen from the input: 0 fine-tunes everything, "
+                                        "all stages = feature extraction", rule=">= 0")
+    truncate_after: int | None = setting(None, doc="keep backbone stages 0..k only; null: the full network",
+                                         rule=">= 0", fix="null keeps the full network")
+    head_hidden: tuple[int, ...] = setting(
+        (), doc="widths of the head's hidden layers; [] = a linear head",
+        rule=Rule("positive widths", lambda v: all(h >= 1 for h in v), "[] for a linear head"))
+    head_activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = setting(
+        "relu", doc="activation between head layers")
+    dropout: float = setting(0.0, doc="dropout before each head layer", rule="0 <= x < 1")
+    initializer: Initializer = setting("default", doc="head initializer; also the whole network's when not "
+                                                      "pretrained (`glorot_*` = `xavier_*`)")
 
-    optimizer: Optimizer = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    l1: float = 0.0
-    l2: float = 0.0
-    penalty_scope: Literal["all", "head"] = "all"
-    lr_ratio: float = 1.0
-    schedule: Schedule = "constant"
-    warmup_epochs: float = 0.0
-    step_size: int = 10
-    gamma: float = 0.1
-    milestones: tuple[int, ...] = ()
-    min_lr_ratio: float = 0.0
-    plateau_patience: int = 2
-    batch_size: int = 64
-    eval_batch_size: int | None = None
-    epochs: int = 10
-    class_weighting: Literal["none", "balanced"] = "none"
+    optimizer: Optimizer = setting("adam", doc="the torch optimizer")
+    lr: float = setting(1e-3, doc="learning rate of the head (of every layer when `lr_ratio` is 1)",
+                        rule="> 0", fix="e.g. 1e-3")
+    # sgd and rmsprop keep `momentum` of the previous step; 1 never forgets a gradient.
+    momentum: float = setting(0.9, doc="momentum of sgd and rmsprop", rule="0 <= x < 1", fix="e.g. 0.9")
+    nesterov: bool = setting(False, doc="Nesterov momentum (sgd)")
+    weight_decay: float = setting(0.0, doc="decoupled weight decay; not on norms and biases", rule=">= 0")
+    l1: float = setting(0.0, doc="L1 loss penalty on the weights (not norms or biases), as in Keras", rule=">= 0")
+    l2: float = setting(0.0, doc="L2 loss penalty on the weights (not norms or biases), as in Keras", rule=">= 0")
+    penalty_scope: Literal["all", "head"] = setting(
+        "all", doc="weights that `l1`/`l2` penalise: `head` = the head's only, like Keras regularisers on the "
+                   "dense layers")
+    lr_ratio: float = setting(1.0, doc="learning rate of the first backbone stage / the head's; the stages in "
+                                       "between are interpolated geometrically (discriminative lr)",
+                              rule="> 0", fix="1.0 = one lr everywhere")
+    schedule: Schedule = setting("constant", doc="learning-rate schedule")
+    # Every schedule but onecycle (which ignores it) would still be warming up when
+    # training ends, so the configured lr would never be reached.
+    warmup_epochs: float = setting(
+        0.0, doc="epochs of linear warmup (fractions allowed; onecycle ignores it); 0 = none",
+        rule=(">= 0", Rule("< epochs (any for onecycle)",
+                           lambda v, c: c.schedule == "onecycle" or v == 0 or v < c.epochs,
+                           "lower warmup_epochs or raise epochs", uses=("epochs",))))
+    # the step schedule decays every step_size epochs (0 used to be read as 1).
+    step_size: int = setting(10, doc="`step` decays the lr every `step_size` epochs", rule=">= 1")
+    # multiplying the lr by gamma above 1 grows it; 0 stops training after the first decay.
+    gamma: float = setting(0.1, doc="lr decay factor of `step`, `multistep`, `exponential` and `plateau`",
+                           rule="0 < x <= 1", fix="e.g. 0.1")
+    # multistep decays once per milestone passed; a repeated or unsorted list is a typo.
+    milestones: tuple[int, ...] = setting(
+        (), doc="epochs at which `multistep` decays the lr",
+        rule=Rule("strictly increasing epochs >= 1", lambda v: all(m >= 1 for m in v)
+                  and all(a < b for a, b in zip(v, v[1:])), "e.g. [30, 60]"))
+    # cosine's floor as a fraction of lr: above 1 the cosine would rise.
+    min_lr_ratio: float = setting(0.0, doc="`cosine`'s final lr as a fraction of `lr`", rule="0 <= x <= 1")
+    plateau_patience: int = setting(2, doc="epochs without improvement before `plateau` decays the lr",
+                                    rule=">= 0")
+    batch_size: int = setting(64, doc="training images per batch", rule=">= 1")
+    eval_batch_size: int | None = setting(
+        None, doc="images per evaluation batch; null: the training batch on the CPU, 4x it (at least 256) on "
+                  "a GPU", rule=">= 1", fix="null sizes it by device")
+    epochs: int = setting(10, doc="training epochs (ASHA may stop a trial earlier)", rule=">= 1")
+    class_weighting: Literal["none", "balanced"] = setting(
+        "none", doc="`balanced`: the loss weighted by inverse class frequency")
 
-    crop_size: int | None = None
-    input_size: int | None = None
-    aug_flip: bool = True
-    aug_rot90: bool = False
-    aug_color: float = 0.0
-    aug_shift: int = 0
+    crop_size: int | None = setting(None, doc="centre crop of the stored image, in pixels; null: the whole image",
+                                    rule=">= 8")
+    input_size: int | None = setting(None, doc="size the crop is resized to; null: the crop size", rule=">= 8")
+    aug_flip: bool = setting(True, doc="random horizontal and vertical flips")
+    aug_rot90: bool = setting(False, doc="random 90° rotations (square inputs)")
+    aug_color: float = setting(0.0, doc="brightness/contrast jitter strength; 0 = none", rule=">= 0")
+    aug_shift: int = setting(0, doc="random offset of the crop around the centre, in pixels; 0 = none",
+                             rule=">= 0")
 
-    train_fraction: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    train_fraction: float = setting(1.0, doc="stratified, seeded subsample of the training split for this "
+                                             "trial, nested (0.05 is inside 0.2): training-size studies",
+                                    rule="0 < x <= 1")
+    seed: int = setting(0, doc="seeds model init, shuffling and augmentation")
+    device: str = setting(
+        "auto", doc="where the trial trains: `auto` = CUDA when present",
+        rule=Rule("auto, cpu, cuda, cuda:N (a GPU index) or mps",
+                  lambda v: bool(_DEVICE.fullmatch(v)), lambda v: f"did you mean '{h}'?" if (h := _device_hint(v))
+                  else ""))
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", doc="`auto`: bf16 autocast on CUDA, fp32 on the CPU; `bf16` also on the CPU (2-3x faster for "
+                    "`cnn3`/ResNets on CPUs with AMX, slower for EfficientNets, several times slower on CPUs "
+                    "without native bf16; see docs/benchmarks.md); `fp32` never autocasts")
+
+    def __post_init__(self) -> None:
+        check_settings(self, "trial parameter")
 
     def eval_batch(self, device_type: str) -> int:
         """Images per evaluation batch: ``eval_batch_size``, or by device when it is ``None``.
@@ -248,7 +460,7 @@ class TrialConfig:
         """Build a config from a flat dict, refusing unknown keys and coercing types.
 
         Values are coerced by :func:`coerce_value` (the same rules as the space file's
-        other sections), then :meth:`validate` checks choices and ranges.
+        other sections), then construction checks choices and ranges.
 
         Raises:
             ConfigError: an unknown key (with the closest valid key or the real name of a
@@ -271,93 +483,20 @@ class TrialConfig:
                 raise ConfigError(key, f"trial parameter '{key}' {expected}, but got {value!r}") from None
         if isinstance(kwargs.get("pretrained"), str) and kwargs["pretrained"].strip().lower() == "none":
             kwargs["pretrained"] = False  # the documented spelling of "no weights" in a YAML file
-        config = cls(**kwargs)
-        config.validate()
-        return config
+        return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat dict of every setting (tuples as lists), e.g. for logging as parameters."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def validate(self) -> None:
-        """Check choices and value ranges that do not depend on the data or the backbone.
+        """Check every setting again (construction already did; kept for callers that ask).
 
         Raises:
             ConfigError: the first broken rule, with the value and what is allowed;
                 ``keys`` names the parameters involved (two for a rule between them).
         """
-        check_choices(self, "trial parameter")
-        milestones = list(self.milestones)
-        checks = [
-            (self.lr > 0, "lr", self.lr, "a positive learning rate, e.g. 1e-3"),
-            (self.lr_ratio > 0, "lr_ratio", self.lr_ratio, "a positive ratio (1.0 = one lr everywhere)"),
-            (self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1"),
-            (self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size,
-             "null (automatic) or an integer >= 1"),
-            (self.epochs >= 1, "epochs", self.epochs, "an integer >= 1"),
-            (0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a value in [0, 1)"),
-            (self.l1 >= 0 and self.l2 >= 0, "l1/l2", (self.l1, self.l2), "non-negative penalties"),
-            (self.weight_decay >= 0, "weight_decay", self.weight_decay, "a non-negative value"),
-            # sgd and rmsprop keep `momentum` of the previous step; 1 never forgets a gradient.
-            (0.0 <= self.momentum < 1.0, "momentum", self.momentum, "a value in [0, 1), e.g. 0.9"),
-            # step, multistep, exponential and plateau multiply the lr by gamma: above 1 it
-            # grows, 0 stops training after the first decay.
-            (0.0 < self.gamma <= 1.0, "gamma", self.gamma, "a decay factor in (0, 1], e.g. 0.1"),
-            # cosine's floor as a fraction of lr: above 1 the cosine would rise.
-            (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", self.min_lr_ratio, "a fraction of lr in [0, 1]"),
-            # the step schedule decays every step_size epochs (0 used to be read as 1).
-            (self.step_size >= 1, "step_size", self.step_size, "a number of epochs >= 1"),
-            (self.plateau_patience >= 0, "plateau_patience", self.plateau_patience,
-             "a number of epochs >= 0 without improvement before the lr decays"),
-            (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs,
-             "a number of epochs >= 0 (0 = no warmup)"),
-            # multistep decays once per milestone passed; a repeated or unsorted list is a typo.
-            (all(m >= 1 for m in milestones) and all(a < b for a, b in zip(milestones, milestones[1:])),
-             "milestones", milestones, "strictly increasing epochs >= 1, e.g. [30, 60]"),
-            (self.frozen_stages >= 0, "frozen_stages", self.frozen_stages, "an integer >= 0"),
-            (self.truncate_after is None or self.truncate_after >= 0, "truncate_after",
-             self.truncate_after, "null (full network) or a stage index >= 0"),
-            (self.crop_size is None or self.crop_size >= 8, "crop_size", self.crop_size, "null or >= 8 pixels"),
-            (self.input_size is None or self.input_size >= 8, "input_size", self.input_size, "null or >= 8 pixels"),
-            (self.in_chans in (None, 1, 3), "in_chans", self.in_chans, "null, 1 or 3"),
-            (0.0 < self.train_fraction <= 1.0, "train_fraction", self.train_fraction, "a fraction in (0, 1]"),
-            (self.aug_shift >= 0, "aug_shift", self.aug_shift, "an integer >= 0"),
-            (self.aug_color >= 0, "aug_color", self.aug_color, "a value >= 0"),
-            (all(h >= 1 for h in self.head_hidden), "head_hidden", list(self.head_hidden),
-             "a list of positive widths, [] for a linear head"),
-        ]
-        for ok, key, value, expected in checks:
-            if not ok:
-                raise ConfigError(tuple(key.split("/")), f"trial parameter '{key}' must be {expected}, "
-                                                         f"but got {value!r}")
-        # onecycle ignores warmup_epochs; every other schedule would still be warming up
-        # when training ends, so the configured lr is never reached.
-        if self.schedule != "onecycle" and self.warmup_epochs > 0 and self.warmup_epochs >= self.epochs:
-            raise ConfigError(("warmup_epochs", "epochs"),
-                              f"trial parameter 'warmup_epochs' must be < epochs, but got warmup_epochs="
-                              f"{self.warmup_epochs!r} with epochs={self.epochs!r}; lower warmup_epochs or "
-                              f"raise epochs")
-        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
-            close = _device_hint(self.device)
-            hint = f"; did you mean '{close}'?" if close else ""
-            raise ConfigError("device", f"trial parameter 'device' must be auto, cpu, cuda, cuda:N (a GPU index) "
-                                        f"or mps, but got {self.device!r}{hint}")
-
-
-# What ``trainables.trial.select_device`` turns into a torch device: ``auto`` itself, or a
-# name torch accepts and the trial code handles (CUDA with bf16 autocast, MPS and the CPU
-# without). Checked here so that ``device: gpu`` fails before Ray starts, not in torch.
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def _device_hint(value: Any) -> str:
-    """The device the user most likely meant: ``gpu`` -> ``cuda``, ``GPU:1`` -> ``cuda:1``."""
-    text = str(value).strip().lower().replace(" ", "")
-    fixed = re.sub(r"^(gpu|nvidia|cuda)[:_-]?(\d*)$", lambda m: "cuda" + (f":{m[2]}" if m[2] else ""), text)
-    if _DEVICE.fullmatch(fixed):
-        return fixed
-    close = difflib.get_close_matches(text, ["auto", "cpu", "cuda", "mps"], n=1)
-    return close[0] if close else ""
+        check_settings(self, "trial parameter")
 
 
 # Names people write for a trial parameter in other libraries or by habit, mapped to the
@@ -546,5 +685,6 @@ def coerce_value(value: Any, hint: Any) -> Any:
     return value
 
 
-__all__ = ["ConfigError", "DataConfig", "TrialConfig", "coerce_value", "field_choices", "field_types",
-           "is_choice", "suggest_trial_key"]
+__all__ = ["ConfigError", "DataConfig", "Rule", "TrialConfig", "check_settings", "coerce_value", "conforms",
+           "field_choices", "field_doc", "field_rules", "field_types", "is_choice", "range_rule", "setting",
+           "suggest_trial_key"]

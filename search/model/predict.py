@@ -398,7 +398,7 @@ def study_dataset(source: Source, model: ExportedModel, log: Log) -> ImageDatase
     settings = {k: v for k, v in (stored.get("data_config") or {}).items() if k in known}
     try:
         config = DataConfig(**{**settings, "source": str(source.path.resolve())})
-    except TypeError:  # a hand-edited data_config: not usable to recognise the study's data
+    except (TypeError, ValueError):  # a hand-edited data_config: not usable to recognise the study's data
         return None
     digest = stored.get("content_digest")
     if digest is not None:
