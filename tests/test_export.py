@@ -171,7 +171,7 @@ def test_best_prints_best_trial_and_leaderboard(study, record, root, capsys):
     assert "by val_loss (min)" in out
     trial = out.split("best trial ", 1)[1].split()[0]
     run = next(r for r in client.search_runs([record["experiment_id"]]) if r.data.tags.get("medtune.trial_id") == trial)
-    lowest = min(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.value)
+    lowest = min(client.get_metric_history(run.info.run_id, "epoch/val_loss"), key=lambda m: m.value)
     assert f"val_loss {lowest.value:.4f} at epoch {lowest.step}" in out
 
 

@@ -255,7 +255,7 @@ def test_trials_run_on_gpu_workers_and_survive_a_lost_node(tmp_path, cluster):
             if tags.get("medtune.state") == "running" and tags.get("medtune.node_ip") == WORKERS[0]:
                 # An epoch is done (so a checkpoint exists) and two remain (so it cannot
                 # finish between this look and the kill).
-                if 1 <= len(client.get_metric_history(run.info.run_id, "val_loss")) <= 2:
+                if 1 <= len(client.get_metric_history(run.info.run_id, "epoch/val_loss")) <= 2:
                     return tags["medtune.trial_id"]
         return None
 
@@ -323,6 +323,6 @@ def test_killed_driver_resumes_on_the_cluster(tmp_path, cluster):
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for run in runs:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/val_loss")]
         assert steps == [1, 2, 3], (run.data.tags["medtune.trial_id"], steps)
         assert run.data.tags["medtune.node_ip"] in WORKERS

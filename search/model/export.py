@@ -101,12 +101,9 @@ def altered_export(directory: Path, name: str, what: str) -> ExportError:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (weights can be hundreds of MB)."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of a file's bytes, read in blocks (weights can be hundreds of MB)."""
     with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def write_manifest(directory: Path) -> dict[str, Any]:
@@ -271,13 +268,12 @@ def study_space(client: Any, study: Study) -> tuple[Any, str]:
 
 def study_data(client: Any, study: Study, log: Log) -> tuple[Any, str, ImageDataset]:
     """The study's space, its text and its dataset, checked to be the very data (and split) it ran on."""
-    from trainables.data import load_dataset
+    from trainables.data import describe, load_dataset
 
     space, text = study_space(client, study)
     started = time.perf_counter()
     data = load_dataset(space.data)
-    log(f"data {Path(data.source).name}: " + ", ".join(f"{k} {v}" for k, v in data.split_sizes().items())
-        + f" ({time.perf_counter() - started:.1f}s)")
+    log(f"{describe(data)} ({time.perf_counter() - started:.1f}s)")
     if data.fingerprint != study.data_fingerprint:
         raise StudyError(f"the data loaded now ({data.source}) differs from the data study {study.name!r} ran on "
                          f"(fingerprint {data.fingerprint[:12]} vs {study.data_fingerprint[:12]}), so its test split "

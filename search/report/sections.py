@@ -57,6 +57,16 @@ class Section:
         self.lines += ["", f"![{caption}]({path.name})"]
 
 
+def finished_section(ctx: "Context", title: str, empty: str) -> tuple[Section, Any]:
+    """A new section and the study's finished trials, or ``None`` for them (the section
+    then says ``empty``) when no trial finished with a score."""
+    section, table = Section(title), ctx.records.finished
+    if table.empty:
+        section.lines.append(empty)
+        return section, None
+    return section, table
+
+
 def fmt(value: Any) -> str:
     """A setting or metric for a table cell."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -130,11 +140,10 @@ TEST_KEYS = ("test_auc", "test_acc", "test_balanced_acc", "test_sensitivity", "t
 
 def leaderboard(ctx: Context) -> Section:
     """Top trials with their searched settings and validation metric; the exported model's test metrics."""
-    records, section = ctx.records, Section("Leaderboard")
-    table = records.finished
-    if table.empty:
-        section.lines.append("No trial finished with a score, so there is no leaderboard.")
+    section, table = finished_section(ctx, "Leaderboard", "No trial finished with a score, so there is no leaderboard.")
+    if table is None:
         return section
+    records = ctx.records
     shown = table.head(ctx.top)
     header = ["rank", "trial", f"{records.metric}", "epoch", "state", *records.searched]
     rows = [[str(i + 1), f"`{row['trial_id']}`", f"{row['value']:.4f}", fmt_int(row["best_epoch"]),
@@ -367,11 +376,11 @@ def parameters(ctx: Context) -> Section:
 
 def curves(ctx: Context) -> Section:
     """Per-epoch curves of the top trials, and where ASHA stopped the others."""
-    records, section = ctx.records, Section("Learning curves and early stopping")
-    table = records.finished
-    if table.empty:
-        section.lines.append("No finished trial, so no learning curves.")
+    section, table = finished_section(ctx, "Learning curves and early stopping",
+                                      "No finished trial, so no learning curves.")
+    if table is None:
         return section
+    records = ctx.records
     top = list(table["run_id"].head(min(ctx.top, 5)))
     section.image(plots.curves_plot(records, top, ctx.out / "learning_curves.png"),
                   "per-epoch validation metric of the top trials")
@@ -397,12 +406,10 @@ def curves(ctx: Context) -> Section:
 
 def uncertainty(ctx: Context) -> Section:
     """Bootstrap interval of the best trial's metric, spread of repeats and of the top trials."""
-    records, section = ctx.records, Section("Uncertainty")
-    table = records.finished
-    if table.empty:
-        section.lines.append("No finished trial.")
+    section, table = finished_section(ctx, "Uncertainty", "No finished trial.")
+    if table is None:
         return section
-    best = table.iloc[0]
+    best, records = table.iloc[0], ctx.records
     predictions = ctx.best_predictions()
     if predictions is not None and records.metric == "val_auc":
         auc, low, high = analysis.bootstrap_auc(*predictions)
