@@ -28,11 +28,10 @@ from search.space import SpaceError, load_space, parse_overrides
 
 
 def _trial(args: argparse.Namespace) -> int:
+    from search.space.preflight import check_space
     from trainables.data import DataError, describe, load_dataset
     from trainables.models import ModelError
     from trainables.trial import NonFiniteLossError, TrialSetupError, run_trial
-
-    from search.preflight import check_space
 
     space = load_space(args.space, parse_overrides(args.set or []))
     check_space(space)  # backbones, weights files, stage indices: before any image is decoded

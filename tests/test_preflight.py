@@ -19,8 +19,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from search.preflight import check_space
 from search.space import SpaceError, load_space
+from search.space.preflight import check_space
 from trainables.config import TrialConfig
 from trainables.models import ModelError, build_model, weights
 from trainables.models.weights import offline_source, offline_weights_file

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from search import settings_doc
-from search.settings_doc import README, SECTIONS, WRITE_COMMAND, render, update
+from search.space import docs as settings_doc
+from search.space.docs import README, SECTIONS, WRITE_COMMAND, render, update
 from trainables.config import ConfigError, TrialConfig, field_doc, range_rule
 
 

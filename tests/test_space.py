@@ -135,7 +135,7 @@ def test_shipped_spaces_only_propose_valid_trials(tmp_path):
     """
     import optuna
 
-    from search.sampling import DefineByRun, grid_size, sampler_for
+    from search.space.sampling import DefineByRun, grid_size, sampler_for
     from trainables.config import TrialConfig
     from trainables.models import check_model_config
 
@@ -164,7 +164,7 @@ def test_stage_choices_are_clipped_to_the_sampled_backbone(tmp_path):
     """``truncate_after`` / ``frozen_stages`` listed as choices beyond cnn3's 3 stages run as its deepest stage."""
     import optuna
 
-    from search.sampling import DefineByRun
+    from search.space.sampling import DefineByRun
     from trainables.config import TrialConfig
     from trainables.models import check_model_config
 

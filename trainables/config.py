@@ -9,7 +9,7 @@ Every setting of every settings dataclass (here and in ``search.space``) is decl
 with :func:`setting`: its type (the annotation), its default, its one-line doc and its
 rules (:class:`Rule`; choices come from a ``Literal`` annotation). Construction checks
 them all (:func:`check_settings` in ``__post_init__``, so ``dataclasses.replace`` is
-checked too), and ``search.settings_doc`` prints them as the tables of
+checked too), and ``search.space.docs`` prints them as the tables of
 ``spaces/README.md``.
 """
 

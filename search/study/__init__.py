@@ -11,7 +11,6 @@
 - :mod:`~search.study.ray_compat`: every private Ray internal medtune touches.
 """
 
-from search.study.resources import trial_gpus, trial_slots
 # Imported on first use: a trial worker imports search.study.trainable, and must not pay
 # for the driver's modules (pandas, MLflow, SciPy through them) it never runs.
 _EXPORTS = {

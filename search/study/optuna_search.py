@@ -36,7 +36,7 @@ value; a pruned trial only fills good slots that complete trials leave, so an ea
 stopped trial's early value is not compared as an equal to a finished trial's. FAIL
 trials are left out (Tune's OptunaSearch left a failed trial RUNNING, which TPE's
 constant liar counted as bad); RUNNING trials count as bad while they run (constant
-liar, see :func:`search.sampling.sampler_for`). The first ``startup_trials`` ended
+liar, see :func:`search.space.sampling.sampler_for`). The first ``startup_trials`` ended
 (COMPLETE or PRUNED) trials are random.
 
 Resume: Tune pickles the searcher into ``tuner.pkl`` at the study's start (before the
@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import shlex
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,8 @@ class StudySearch(OptunaSearch):
     of them, and resume.
 
     Args:
-        space: the define-by-run function (:class:`search.sampling.DefineByRun`).
-        sampler: the seeded sampler (:func:`search.sampling.sampler_for`).
+        space: the define-by-run function (:class:`search.space.sampling.DefineByRun`).
+        sampler: the seeded sampler (:func:`search.space.sampling.sampler_for`).
         metric, mode: the study's objective.
         storage: where the Optuna study lives (:func:`optuna_storage`).
         study_name: the medtune study's name, the Optuna study's (a study of that name
@@ -209,7 +210,9 @@ class StudySearch(OptunaSearch):
             if existing is None:
                 study.set_user_attr(PARENT_RUN_ATTR, self._parent_run_id)
                 study.set_user_attr("medtune_study", self._medtune_study)
-                study.set_metric_names([str(self.metric)])
+                with warnings.catch_warnings():  # experimental since Optuna 3.2, still
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names([str(self.metric)])  # the dashboard's axis label
                 if name != self._medtune_study:
                     print(f"study {self._medtune_study}: {self._medtune_storage.dashboard_command()} holds another "
                           f"study named {self._medtune_study!r}: this one's Optuna study is {name!r}", flush=True)

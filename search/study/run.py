@@ -87,7 +87,7 @@ def apply_overrides(space: Space, options: StudyOptions) -> Space:
 
 def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, StudyFiles]:
     """Everything checkable before Ray starts: the space, the backbones, the study dir."""
-    from search.preflight import check_space
+    from search.space.preflight import check_space
 
     if options.resume and (options.num_samples or options.time_budget or options.tracking_uri):
         raise SpaceError(space_path, "--resume", "a resumed study keeps the trial count, time budget and MLflow "
@@ -96,7 +96,7 @@ def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, Study
     space = apply_overrides(load_space(space_path), options)
     check_space(space)
     if space.tune.algorithm == "grid":
-        from search.sampling import grid
+        from search.space.sampling import grid
 
         try:
             grid(space)

@@ -24,7 +24,7 @@ def build_tuner(space: Space, directory: StudyFiles, data: Any, resources: dict[
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.sampling import DefineByRun, grid_size, sampler_for
+    from search.space.sampling import DefineByRun, grid_size, sampler_for
     from search.study.mlflow_logger import MlflowTrialLogger
     from search.study.optuna_search import StudySearch, optuna_storage
     from search.study.progress import ProgressLine

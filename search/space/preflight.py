@@ -35,7 +35,7 @@ def weights_files_of(space: Space) -> list[tuple[str, Path, list[str]]]:
     A fixed ``params.pretrained`` file meets every backbone of the space. A file among the
     ``search.pretrained`` choices meets only the timm backbones that its ``when`` condition
     on ``backbone`` (if any) allows: the sampler never sets ``pretrained`` for a scratch
-    baseline (:class:`search.sampling.DefineByRun`).
+    baseline (:class:`search.space.sampling.DefineByRun`).
     """
     from trainables.models.backbone import pretrained_mode
     from trainables.models.scratch import SCRATCH_MODELS

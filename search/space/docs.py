@@ -10,7 +10,7 @@ in step: each table sits between two marker comments,
     ...
     <!-- /settings:trial -->
 
-and ``python -m search.settings_doc --write`` rewrites what lies between them, leaving
+and ``python -m search.space.docs --write`` rewrites what lies between them, leaving
 the hand-written prose around them as it is (``--check`` only reports a stale table;
 without either flag, the tables are printed).
 """
@@ -26,8 +26,19 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from search.space import MlflowSettings, ResourceSettings, SchedulerSettings, TuneSettings
-from trainables.config import DataConfig, TrialConfig, field_doc, field_rules, field_types
+from search.space import (
+    MlflowSettings,
+    ResourceSettings,
+    SchedulerSettings,
+    TuneSettings,
+)
+from trainables.config import (
+    DataConfig,
+    TrialConfig,
+    field_doc,
+    field_rules,
+    field_types,
+)
 
 # Section name in the README markers -> the settings dataclass it documents.
 SECTIONS: dict[str, type] = {
@@ -39,8 +50,8 @@ SECTIONS: dict[str, type] = {
     "mlflow": MlflowSettings,
 }
 
-README = Path(__file__).resolve().parents[1] / "spaces" / "README.md"
-WRITE_COMMAND = "python -m search.settings_doc --write"
+README = Path(__file__).resolve().parents[2] / "spaces" / "README.md"
+WRITE_COMMAND = "python -m search.space.docs --write"
 
 _BLOCK = re.compile(r"(<!-- settings:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /settings:(?P=name) -->)",
                     re.DOTALL)
@@ -129,7 +140,7 @@ def update(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search.settings_doc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m search.space.docs", description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the marked tables of the README in place")
     parser.add_argument("--check", action="store_true", help="exit 1 when a marked table is out of date")
     parser.add_argument("--readme", type=Path, default=README, help=f"the file to update (default: {README})")

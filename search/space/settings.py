@@ -1,0 +1,132 @@
+"""The study-level sections of a space: ``tune``, ``scheduler``, ``resources``, ``mlflow``.
+
+Each setting is declared once with its default, rule and one-line doc (the same
+:func:`trainables.config.setting` as the trial and data settings), checked when built;
+spaces/README.md's tables are generated from these declarations (:mod:`search.space.docs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Literal
+
+from search.records.tags import SEARCH_METRICS
+from trainables.config import Rule, check_settings, setting
+
+
+def _metric_fix(metric: str) -> str:
+    """Why a metric cannot be searched on, and the closest one that can."""
+    if metric.startswith("test_"):
+        return "selecting on the test split leaks it; use a validation metric such as val_auc"
+    close = difflib.get_close_matches(metric, SEARCH_METRICS, n=1)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _is_duration(text: str) -> bool:
+    try:
+        parse_duration(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSettings:
+    """How trials are proposed and judged: the ``tune`` section of a space.
+
+    Each field's meaning, default and rule are declared with it
+    (:func:`trainables.config.setting`) and printed in ``spaces/README.md``; construction
+    checks them all, and fills in ``mode`` from the metric when it is ``None``.
+    """
+
+    algorithm: Literal["tpe", "random", "grid"] = setting(
+        "tpe", doc="`tpe` (Optuna TPE: seeded, multivariate, constant liar), `random`, or `grid` (every "
+                   "combination of the `choice` and `int` parameters)")
+    num_samples: int = setting(10, doc="number of trials (`grid`: repeats of the grid)", rule=">= 1")
+    time_budget: str | None = setting(
+        None, doc="wall time of the whole study, summed over every `--resume` of it; trials running when it "
+                  "is spent end as stopped early by the time budget; null: no limit",
+        rule=Rule("a duration such as 45m, 2h or 1h30m", _is_duration, "write e.g. 90m, 2h or 1h30m"))
+    metric: str = setting(
+        "val_auc", doc="what the search optimises: a validation metric, never a test one",
+        rule=Rule(f"one of {', '.join(SEARCH_METRICS)}", lambda m: m in SEARCH_METRICS, _metric_fix))
+    mode: Literal["max", "min"] | None = setting(
+        None, doc="whether the metric is maximised or minimised; null: `min` for a metric ending in `loss`, else `max`")
+    seed: int = setting(0, doc="seeds the sampler (the data split has its own seed in `data`)")
+    max_concurrent: int | None = setting(None, doc="cap on trials running at once; null: as many as resources allow",
+                                         rule=">= 1", fix="use null to run as many trials as resources allow")
+    max_failures: int = setting(1, doc="retries of a crashed trial (a lost node, a killed worker) from its last "
+                                       "checkpoint; failures a retry would repeat (non-finite loss, a setting the "
+                                       "backbone or data cannot take) are not retried")
+    startup_trials: int = setting(5, doc="random trials before TPE starts modelling", rule=">= 0")
+
+    def __post_init__(self) -> None:
+        # 0 for max_concurrent used to fall through `max_concurrent or ...` and mean "as resources allow".
+        check_settings(self)
+        if self.mode is None:
+            object.__setattr__(self, "mode", "min" if self.metric.endswith("loss") else "max")
+
+    @property
+    def time_budget_s(self) -> float | None:
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerSettings:
+    """Early stopping of weak trials on the epoch axis: the ``scheduler`` section of a space.
+
+    ``asha``: a trial reaching epoch ``grace_period * reduction_factor**k`` continues only
+    if its metric is in the top ``1/reduction_factor`` of trials that reached that rung;
+    the last rung is the largest ``epochs`` a trial can have. The fields are documented
+    where they are declared.
+    """
+
+    type: Literal["asha", "none"] = setting("asha", doc="`asha` stops weak trials early; `none` runs every trial "
+                                                        "to the end")
+    grace_period: int = setting(1, doc="epochs every trial runs before ASHA may stop it", rule=">= 1")
+    reduction_factor: float = setting(3.0, doc="ASHA keeps the top 1/`reduction_factor` of trials at each rung",
+                                      rule="> 1")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceSettings:
+    """Per-trial resources: the ``resources`` section of a space (fields documented where declared)."""
+
+    cpus: float = setting(1.0, doc="CPUs per trial", rule="> 0")
+    gpus: float | None = setting(
+        None, doc="GPUs per trial; a fraction such as 0.25 packs four trials on one GPU; null: one GPU when the "
+                  "cluster has GPUs, else none (asking for GPUs on a cluster without any runs on CPUs, with a "
+                  "message)", rule=">= 0")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MlflowSettings:
+    """Where trials are logged: the ``mlflow`` section of a space (fields documented where declared)."""
+
+    experiment: str | None = setting(None, doc="MLflow experiment; null: the space name")
+    tracking_uri: str | None = setting(
+        None, doc="where trials are logged; `search run --tracking-uri`, then `$MLFLOW_TRACKING_URI`, take "
+                  "precedence; null: `sqlite:///mlflow.db` in the working directory")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"45m"``, ``"2h"``, ``"1h30m"`` or a number of seconds -> seconds."""
+    import re
+
+    value = str(text).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", value)
+    if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
+        raise ValueError(f"time budget {text!r} is not a duration; write e.g. 90m, 2h or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
