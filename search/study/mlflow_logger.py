@@ -2,8 +2,9 @@
 
 What a child run holds, so that the MLflow UI reads at a glance:
 
-- its name: trial number, backbone and the searched values (``t07 cnn3 lr=5.9e-3``),
-  with the way it ended appended (``· stopped at epoch 3``, ``· errored``);
+- its name: trial number, backbone and the searched values (``t07 cnn3 lr=0.0059``),
+  with the way it ended right after the number, where MLflow's narrow default column
+  still shows it (``t07 stopped@3 cnn3 ...``, ``t07 errored cnn3 ...``);
 - params: every setting, floats to 4 significant digits (the full-precision config is
   the ``medtune.config`` tag), and ``log10_<name>`` for log-scale searched settings so a
   parallel-coordinates plot can read them on a log axis;
@@ -84,9 +85,14 @@ def final_state(trial, fixed: dict[str, Any]) -> tuple[str, int]:
     return ("completed" if epoch >= trial_epochs(trial, fixed) else "stopped_early"), epoch
 
 
-def state_suffix(state: str, epoch: int) -> str:
-    """What a run's name gets appended when the trial ends (nothing when it completed)."""
-    return {"stopped_early": f" · stopped at epoch {epoch}", "errored": " · errored", "lost": " · lost"}.get(state, "")
+def ended_name(name: str, state: str, epoch: int) -> str:
+    """A run's name once its trial ended: the state right after the trial number
+    (``t07 stopped@3 cnn3 lr=0.0059``); a completed trial keeps its name."""
+    marker = {"stopped_early": f"stopped@{epoch}", "errored": "errored", "lost": "lost"}.get(state)
+    if marker is None:
+        return name
+    number, _, rest = name.partition(" ")
+    return f"{number} {marker} {rest}".rstrip()
 
 
 @dataclasses.dataclass
@@ -313,7 +319,7 @@ class MlflowTrialLogger(Callback):
         log = self._end(trial)
         if log is None:
             return
-        tags = {STATE_TAG: state, LAST_EPOCH_TAG: str(epoch), "mlflow.runName": log.name + state_suffix(state, epoch)}
+        tags = {STATE_TAG: state, LAST_EPOCH_TAG: str(epoch), "mlflow.runName": ended_name(log.name, state, epoch)}
         if state == "stopped_early":
             tags[STOPPED_BY_TAG] = stopped_by
         if log.best is not None:
@@ -331,7 +337,7 @@ class MlflowTrialLogger(Callback):
         if log is None:
             return
         self.client.log_batch(log.run_id, tags=[RunTag(STATE_TAG, "errored"), RunTag(ERROR_TAG, error_reason(error)),
-                                                RunTag("mlflow.runName", log.name + state_suffix("errored", 0))])
+                                                RunTag("mlflow.runName", ended_name(log.name, "errored", 0))])
         self.client.log_text(log.run_id, error, "error.txt")
         self.client.set_terminated(log.run_id, RUN_STATUS["errored"])
 
@@ -350,7 +356,7 @@ class MlflowTrialLogger(Callback):
                     RunTag(STATE_TAG, "lost"),
                     RunTag(ERROR_TAG, "the driver stopped before Tune saved this trial; "
                                       "the search proposed a new trial in its place"),
-                    RunTag("mlflow.runName", (run.info.run_name or "") + state_suffix("lost", 0)),
+                    RunTag("mlflow.runName", ended_name(run.info.run_name or "", "lost", 0)),
                 ])
                 self.client.set_terminated(run.info.run_id, RUN_STATUS["lost"])
 
