@@ -78,3 +78,17 @@ def test_the_tune_environment_variables_are_read_by_ray():
     text = "\n".join(sources)
     for name in ray_compat.TUNE_ENVIRONMENT:
         assert name in text, name
+
+
+def test_optuna_search_keeps_the_state_the_study_searcher_extends():
+    """search.study.optuna_search.StudySearch subclasses Tune's OptunaSearch and uses its
+    private state: the Optuna study, the trials it asked for, those it told, its storage,
+    sampler and study name, and the hook that creates the study at construction."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    init = inspect.getsource(OptunaSearch.__init__)
+    for name in ("self._storage", "self._sampler", "self._study_name", "self._completed_trials", "self._ot_trials",
+                 "self._setup_study(", "self._ot_study"):
+        assert name in init or name in inspect.getsource(OptunaSearch), name
+    assert "self._ot_study.ask(" in inspect.getsource(OptunaSearch.suggest)
+    assert "def _setup_study(self, mode" in inspect.getsource(OptunaSearch)

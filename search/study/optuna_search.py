@@ -34,10 +34,12 @@ ranking COMPLETE trials by value first, then PRUNED trials by how far they got (
 last step with an intermediate value) and, among those, by their last intermediate
 value; a pruned trial only fills good slots that complete trials leave, so an early
 stopped trial's early value is not compared as an equal to a finished trial's. FAIL
-trials are left out (Tune's OptunaSearch left a failed trial RUNNING, which TPE's
-constant liar counted as bad); RUNNING trials count as bad while they run (constant
-liar, see :func:`search.space.sampling.sampler_for`). The first ``startup_trials`` ended
-(COMPLETE or PRUNED) trials are random.
+trials are left out, as Optuna leaves out every failed trial: TPE does not learn to avoid
+a region that fails every time (an lr so high the loss overflows), where Tune's
+OptunaSearch, leaving such a trial RUNNING, had its constant liar count it as bad.
+RUNNING trials count as bad while they run (constant liar, see
+:func:`search.space.sampling.sampler_for`). TPE samples at random until
+``startup_trials`` trials have ended COMPLETE or PRUNED (FAIL ones do not count).
 
 Resume: Tune pickles the searcher into ``tuner.pkl`` at the study's start (before the
 Optuna study exists: the journal file is created at the first trial, after the study
@@ -269,7 +271,10 @@ class StudySearch(OptunaSearch):
                 storage.set_trial_user_attr(ot_trial._trial_id, ERROR_ATTR, (lines[-1] if lines else "")[:300])
             self._ot_study.tell(ot_trial, value, state=state, skip_if_finished=True)
         except Exception as exc:  # noqa: BLE001 - Optuna's bookkeeping must not stop the study
-            logger.warning("could not tell Optuna how trial %s ended: %s", trial_id, exc)
+            # GridSampler calls Study.stop() after the last grid point, which raises outside
+            # Study.optimize once the state is stored: only a trial left unfinished is worth a word.
+            if not storage.get_trial(ot_trial._trial_id).state.is_finished():
+                logger.warning("could not tell Optuna how trial %s ended: %s", trial_id, exc)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)

@@ -5,7 +5,10 @@ right after a trial starts or ends, ASHA rungs that survive a driver restart, an
 that ``fit()`` returned because of a Ctrl-C. medtune reaches into Tune for those here and
 nowhere else, and refuses to run on a Ray it was not tested with (a silent change of any
 of these would silently weaken resume). ``tests/test_ray_compat.py`` pins each contract
-against the installed Ray, so a Ray upgrade fails there first.
+against the installed Ray, so a Ray upgrade fails there first. One other module leans on
+Tune's private state, because it subclasses a Tune class: ``search.study.optuna_search``
+extends ``OptunaSearch`` (its Optuna study, the trials it asked for and told, its storage),
+pinned by the same tests.
 
 To try another Ray anyway: ``MEDTUNE_ALLOW_UNTESTED_RAY=1``, then run the contract tests.
 """
