@@ -10,7 +10,7 @@ from __future__ import annotations
 # Parent run (the study).
 STUDY_TAG = "medtune.study"
 ROLE_TAG = "medtune.role"
-STATUS_TAG = "medtune.status"            # running | interrupted | finished | no_trial_finished
+STATUS_TAG = "medtune.status"            # running | interrupted | finished | no_trial_finished | failed
 SPACE_TAG = "medtune.space"
 GIT_COMMIT_TAG = "medtune.git_commit"
 VERSIONS_TAG = "medtune.versions"

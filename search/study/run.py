@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.records.runs import ended_trials
+from search.records.runs import ended_trials, state_counts
 from search.records.storage import StudyFiles, normalize
 from search.records.study_record import STUDY_FILE
-from search.records.tags import RESUME_TAG
+from search.records.tags import RESUME_TAG, STATUS_TAG
 from search.space import Space, SpaceError, load_space
 from search.study.finish import finish_study, reopen_study_run
 from search.study.ray_compat import check_ray_version, set_tune_environment
@@ -241,16 +241,21 @@ def run_study(space_path: str | Path, options: StudyOptions) -> StudyOutcome:
     print(f"study {directory.name}: MLflow run {parent_run_id} at {tracking_uri}", flush=True)
     client.set_tag(parent_run_id, RESUME_TAG, resume)
 
-    tuner = build_tuner(space, directory, data, resources, joined, tracking_uri, exp_id, parent_run_id, ended,
-                        restore=record is not None)
-    if record is None:
-        from search.records.study_record import TUNER_PICKLE, file_sha256
+    try:
+        tuner = build_tuner(space, directory, data, resources, joined, tracking_uri, exp_id, parent_run_id, ended,
+                            restore=record is not None)
+        if record is None:
+            from search.records.study_record import TUNER_PICKLE, file_sha256
 
-        record = StudyRecord.new(directory.name, space_path, space.raw, tracking_uri, exp_id, parent_run_id,
-                                 data.fingerprint)
-        record.tuner_sha256 = file_sha256(directory, TUNER_PICKLE)
-        record.write(directory)
-    status = fit_study(tuner, space, directory, record)
+            record = StudyRecord.new(directory.name, space_path, space.raw, tracking_uri, exp_id, parent_run_id,
+                                     data.fingerprint)
+            record.tuner_sha256 = file_sha256(directory, TUNER_PICKLE)
+            record.write(directory)
+        status = fit_study(tuner, space, directory, record)
+    except BaseException as err:  # the parent run must not say "running" for a driver that stopped
+        interrupted = isinstance(err, KeyboardInterrupt)
+        client.set_tag(parent_run_id, STATUS_TAG, "interrupted" if interrupted else "failed")
+        client.set_terminated(parent_run_id, "KILLED" if interrupted else "FAILED")
+        raise
     table, status = finish_study(client, exp_id, parent_run_id, space.tune.metric, space.tune.mode, status)
-    counts = table["state"].value_counts().to_dict() if not table.empty else {}
-    return StudyOutcome(status, directory.name, resume, counts)
+    return StudyOutcome(status, directory.name, resume, state_counts(table))
