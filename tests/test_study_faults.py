@@ -232,12 +232,18 @@ def test_resume_refuses_a_tuner_pickle_this_study_did_not_write(tmp_path):
         record.check_tuner_file(files)
 
 
-def test_a_truncated_study_record_names_its_file(tmp_path):
+def test_a_truncated_study_record_names_its_file(tmp_path, capsys):
+    """``search run --resume`` and ``search list`` on a cut-off medtune_study.json name the file."""
     from search.records.studies import Study, StudyError
 
-    folder = tmp_path / "broken"
-    folder.mkdir()
+    space = tmp_path / "space.yaml"
+    space.write_text(textwrap.dedent(space_text("broken")))
+    folder = tmp_path / "studies" / "broken"
+    folder.mkdir(parents=True)
     (folder / "medtune_study.json").write_text('{"name": "broken", "tracking_uri": ')
+    assert main(["run", str(space), "--storage", str(tmp_path / "studies"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder}/medtune_study.json is unreadable or incomplete (JSONDecodeError" in err, err
     with pytest.raises(StudyError, match=r"broken/medtune_study.json is unreadable"):
         Study.load(folder)
 

@@ -29,7 +29,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -144,16 +144,24 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     Raises:
         ModelError: the file is missing, unreadable, or not a non-empty state dict.
     """
+    return _read(path, _load_tensors)
+
+
+def _load_tensors(path: Path) -> object:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _read(path: str | os.PathLike[str], load: Callable[[Path], object]) -> dict[str, torch.Tensor]:
+    """``load(path)``'s state dict, unwrapped; a missing or unreadable file is a ModelError."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise _missing_file_error(path)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            checkpoint = load_file(str(path), device="cpu")
-        else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load(path)
     except Exception as error:  # corrupt file, unsafe pickle, wrong format
         raise _unreadable_error(path, error) from error
     return _unwrap_state_dict(checkpoint, path)
@@ -169,24 +177,20 @@ def read_shapes(path: str | os.PathLike[str]) -> dict[str, torch.Size]:
     Raises:
         ModelError: the file is missing, unreadable, or not a non-empty state dict.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise _missing_file_error(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
+    return {key: tensor.shape for key, tensor in _read(path, _load_shapes).items()}
 
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                keys = list(handle.keys())  # a safe_open handle is not iterable
-                shapes = {key: torch.Size(handle.get_slice(key).get_shape()) for key in keys}
-            # Header only: stand-in tensors on the meta device carry the shapes.
-            checkpoint: object = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
-        else:
-            mmap = zipfile.is_zipfile(path)  # torch.load mmaps only the zip format of torch.save
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as error:  # corrupt file, unsafe pickle, wrong format
-        raise _unreadable_error(path, error) from error
-    return {key: tensor.shape for key, tensor in _unwrap_state_dict(checkpoint, path).items()}
+
+def _load_shapes(path: Path) -> object:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            keys = list(handle.keys())  # a safe_open handle is not iterable
+            shapes = {key: torch.Size(handle.get_slice(key).get_shape()) for key in keys}
+        # Header only: stand-in tensors on the meta device carry the shapes.
+        return {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    mmap = zipfile.is_zipfile(path)  # torch.load mmaps only the zip format of torch.save
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _same_but_channels(a: torch.Size, b: torch.Size) -> bool:
