@@ -218,3 +218,21 @@ def test_scratch_weights(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="backbone cnn9's"):
         weights.check_weights_file(path, "cnn9")
     check_space(load_space(write_space(tmp_path, f"backbone: cnn3\npretrained: {path}")))
+
+
+def test_relative_weights_paths_become_absolute(tmp_path, monkeypatch):
+    """Tune runs a trial in its own folder: a relative ``pretrained:`` path must not depend on it."""
+    weights = tmp_path / "weights" / "cnn3.safetensors"
+    weights.parent.mkdir()
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text("data: {source: medmnist/pneumoniamnist.npz}\n"
+                     "params: {backbone: resnet18, pretrained: weights/cnn3.safetensors}\n"
+                     "search: {lr: {loguniform: [1.0e-4, 1.0e-2]}}\n")
+    from search.space import load_space
+
+    assert load_space(space).params["pretrained"] == str(weights)
+    space.write_text("data: {source: medmnist/pneumoniamnist.npz}\n"
+                     "params: {backbone: resnet18}\n"
+                     "search: {pretrained: {choice: [false, true, hub, weights/cnn3.safetensors]}}\n")
+    assert load_space(space).search["pretrained"].values == (False, True, "hub", str(weights))

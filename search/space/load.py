@@ -256,6 +256,7 @@ def parse_space(path: Path, raw: dict[str, Any]) -> Space:
     for key, spec in (raw.get("search") or {}).items():
         _check_keys(path, "search.", {key: None}, trial_keys, suggest=suggest_trial_key)
         search[key] = _parse_distribution(path, f"search.{key}", spec)
+    _absolute_weights_paths(params, search)
     space = Space(
         path=path,
         name=str(raw.get("name") or path.stem),
@@ -291,6 +292,26 @@ def _check_trial_sections(path: Path, raw: dict[str, Any]) -> None:
             raise SpaceError(path, f"search.{key}", f"is also fixed in params ({key}: {params[key]!r}), so "
                              "`search trial` would run the fixed value and a study would search it",
                              f"keep '{key}' in one section: params to fix it, search to search it")
+
+
+def _absolute_weights_paths(params: dict[str, Any], search: dict[str, Distribution]) -> None:
+    """Make ``pretrained`` weights-file paths absolute (from the working directory).
+
+    Ray Tune runs each trial in its own folder, so a relative path that the checks before
+    Ray found would be missing inside every trial.
+    """
+    from trainables.models.backbone import pretrained_mode
+
+    def absolute(value: Any) -> Any:
+        mode = pretrained_mode(value) if isinstance(value, str) else None
+        return str(mode.resolve()) if isinstance(mode, Path) else value
+
+    if "pretrained" in params:
+        params["pretrained"] = absolute(params["pretrained"])
+    dist = search.get("pretrained")
+    if dist is not None and dist.kind == "choice":
+        search["pretrained"] = dataclasses.replace(dist, values=tuple(absolute(v) for v in dist.values),
+                                                   default=absolute(dist.default))
 
 
 def candidates(dist: Distribution) -> list[Any]:
