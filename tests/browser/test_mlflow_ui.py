@@ -45,27 +45,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_study import output, start, study_runs
+from test_study import TPE_SPACE, output, start, study_runs
 
 pytestmark = pytest.mark.browser
 
 STUDY = "mlflow_ui"
-SPACE = f"""
-name: {STUDY}
-data:
-  source: medmnist/pneumoniamnist.npz
-  train_fraction: 0.15
-params:
-  backbone: cnn3
-  epochs: 4
-  batch_size: 32
-search:
-  lr: {{loguniform: [1.0e-5, 1.0e-2]}}
-  dropout: {{uniform: [0.0, 0.5]}}
-tune: {{algorithm: tpe, num_samples: 6, seed: 1, startup_trials: 3}}
-scheduler: {{type: asha, grace_period: 1, reduction_factor: 2}}
-resources: {{cpus: 1}}
-"""
+SPACE = TPE_SPACE.replace("name: resumable", f"name: {STUDY}")  # ASHA stops some of its 6 trials
 
 # A trial's name as medtune writes it for this space (search.study.mlflow_logger).
 NAME = re.compile(r"t\d{2}(?P<end> stopped@(?P<epoch>\d+))? cnn3 lr=\S+ dropout=\S+")
