@@ -316,3 +316,14 @@ def test_describe_counts_skipped_images(tmp_path: Path, pngs: list[dict[str, str
     line = describe(ds)
     assert line.startswith(f"data {manifest}: train ") and "28x28x1, 2 classes; skipped 2 unreadable, 1 blank" in line
     assert os.path.isabs(line.split()[1].rstrip(":"))
+
+
+def test_a_data_set_of_one_class_loads_for_prediction(tmp_path: Path, pngs: list[dict[str, str]]) -> None:
+    """``search predict`` on a folder of one class needs no class in every split."""
+    rows = [row for row in pngs if row["label"] == "0"]
+    manifest = write_csv(tmp_path / "labels.csv", rows, ["path", "label"])
+    with pytest.raises(DataError, match="class"):
+        load_dataset(cfg(manifest, cache_dir=str(tmp_path / "cache")))
+    data = load_dataset(cfg(manifest, cache_dir=str(tmp_path / "cache")), require_classes=False)
+    assert len(data.labels) == len(rows) and set(data.labels.tolist()) == {0}
+    assert data.content_digest  # the digest the export stores and predict compares

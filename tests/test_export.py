@@ -636,9 +636,9 @@ def test_card_lists_skipped_images_and_warns_of_patient_overlap(exported, study,
 
     config = json.loads((exported / "config.json").read_text())
     summary = json.loads((exported / "metrics.json").read_text())
-    assert config["data"]["allow_group_overlap"] is False
+    assert config["data"]["data_config"]["allow_group_overlap"] is False
     assert "allow_group_overlap" not in model_card(config, summary, "name: quick")
-    config["data"]["allow_group_overlap"] = True
+    config["data"]["data_config"]["allow_group_overlap"] = True
     config["data"]["group_overlap"] = 5
     card = model_card(config, summary, "name: quick")
     assert ("**Warning:** the study ran with `allow_group_overlap: true`: 5 patient (group) ids have images in more "

@@ -60,7 +60,7 @@ BAD = [
     ("tune: {time_budget: soon}\n", "tune.time_budget", "write e.g. 90m"),
     ("tune: {num_samples: 0}\n", "tune.num_samples", "num_samples must be >= 1"),
     ("scheduler: {reduction_factor: 1}\n", "scheduler.reduction_factor", "reduction_factor must be > 1"),
-    ("tune: {algorithm: bayes}\n", "tune.algorithm", "expects Literal"),
+    ("tune: {algorithm: bayes}\n", "tune.algorithm", "must be one of tpe, random, grid"),
     ("resources: {cpu: 1}\n", "resources.cpu", "did you mean 'cpus'"),
     ("params:\n  frozen_stages: 9\n  backbone: resnet18\n", "params.frozen_stages", "0..5"),
     ("params:\n  dropout: 1.5\n", "params", "dropout"),
@@ -183,3 +183,16 @@ def test_stage_choices_are_clipped_to_the_sampled_backbone(tmp_path):
     assert ("cnn3", 2, 3) in seen  # truncate_after 4 -> 2 (cnn3's last stage), frozen 5 -> 3 stages kept
     assert any(b == "resnet18" and t == 4 for b, t, _ in seen)  # resnet18 keeps 4
     assert all(t is None or t <= 2 for b, t, _ in seen if b == "cnn3")
+
+
+def test_seeds_and_retries_outside_what_numpy_optuna_and_ray_take_are_refused():
+    """A negative seed used to pass the space and fail inside a trial (numpy) or the sampler (Optuna)."""
+    from search.space import TuneSettings
+    from trainables.config import ConfigError, TrialConfig
+
+    with pytest.raises(ConfigError, match="'seed' must be in"):
+        TrialConfig(seed=-1)
+    with pytest.raises(ConfigError, match=r"seed must be in \[0, 4294967295\]"):
+        TuneSettings(seed=2**32)
+    with pytest.raises(ConfigError, match="max_failures must be >= 0"):
+        TuneSettings(max_failures=-1)

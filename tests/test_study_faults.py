@@ -23,7 +23,7 @@ from test_study import output, search_cmd, start, study_runs
 
 from search.cli import main
 
-# Slow enough (the full training split, 28 px) that a study is still running when the
+# Slow enough (40% of the training split, 28 px, no early stopping) that a study is still running when the
 # test interrupts it, small enough that the whole study takes well under a minute.
 SLOW_SPACE = """
 name: {name}

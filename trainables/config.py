@@ -393,7 +393,7 @@ class TrialConfig:
     warmup_epochs: float = setting(
         0.0, doc="epochs of linear warmup (fractions allowed; onecycle ignores it); 0 = none",
         rule=(">= 0", Rule("< epochs (any for onecycle)",
-                           lambda v, c: c.schedule == "onecycle" or v == 0 or v < c.epochs,
+                           lambda v, c: c.schedule == "onecycle" or v < c.epochs,
                            "lower warmup_epochs or raise epochs", uses=("epochs",))))
     # the step schedule decays every step_size epochs (0 used to be read as 1).
     step_size: int = setting(10, doc="`step` decays the lr every `step_size` epochs", rule=">= 1")
@@ -429,7 +429,7 @@ class TrialConfig:
     train_fraction: float = setting(1.0, doc="stratified, seeded subsample of the training split for this "
                                              "trial, nested (0.05 is inside 0.2): training-size studies",
                                     rule="0 < x <= 1")
-    seed: int = setting(0, doc="seeds model init, shuffling and augmentation")
+    seed: int = setting(0, doc="seeds model init, shuffling and augmentation", rule="0 <= x <= 4294967295")
     device: str = setting(
         "auto", doc="where the trial trains: `auto` = CUDA when present",
         rule=Rule("auto, cpu, cuda, cuda:N (a GPU index) or mps",

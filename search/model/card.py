@@ -38,7 +38,7 @@ def _data_warnings(config: dict[str, Any], summary: dict[str, Any]) -> list[str]
                      + ", ".join(f"{n} {reason}" for reason, n in skipped.items())
                      + "; they are in no split and not counted below")
     data = config["data"]
-    if data.get("allow_group_overlap") or (data.get("data_config") or {}).get("allow_group_overlap"):
+    if (data.get("data_config") or {}).get("allow_group_overlap"):
         count = data.get("group_overlap") or 0
         who = (f"{count} patient (group) ids have" if count else "patients (groups) may have")
         lines.append(f"- **Warning:** the study ran with `allow_group_overlap: true`: {who} images in more than one "

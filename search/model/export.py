@@ -64,14 +64,13 @@ from search.records.studies import (
     best_trial,
     child_runs,
 )
-from search.records.tags import DATA_SKIPPED_TAG, SPACE_TAG, STATE_TAG
+from search.records.tags import DATA_SKIPPED_TAG, SPACE_TAG, SPACE_TAG_LIMIT, STATE_TAG
 from trainables.augment import InputSpec, prepare_batch
 from trainables.config import TrialConfig
 from trainables.data import ImageDataset
 
 FORMAT_TOLERANCE = 1e-4  # max abs difference in probabilities a reloaded format may have to PyTorch
 CHECK_IMAGES = 64
-SPACE_TAG_LIMIT = 7900  # search.records.tracking.start_study_run keeps this much of the space in a tag
 
 Log = Callable[[str], None]
 
@@ -514,10 +513,9 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
         "trial_config": config.to_dict(),
         "data": {"source": str((space.raw.get("data") or {}).get("source", data.source)),
                  "data_config": dataclasses.asdict(space.data), "fingerprint": data.fingerprint,
-                 "content_digest": data_content_digest(Path(data.source), space.data),
+                 "content_digest": data.content_digest,
                  # DataConfig / ImageDataset fields newer than this module: absent means False / 0
-                 "allow_group_overlap": bool(getattr(space.data, "allow_group_overlap", False)),
-                 "group_overlap": int(getattr(data, "group_overlap", 0))},
+                 "group_overlap": int(data.group_overlap)},
         "study": {"name": study.name, "trial_id": best.trial_id, "run_id": best.run_id,
                   "parent_run_id": study.parent_run_id, "tracking_uri": study.tracking_uri,
                   "metric": best.metric, "value": best.value, "best_epoch": best.epoch,

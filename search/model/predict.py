@@ -439,7 +439,8 @@ def dataset_part(source: Source, model: ExportedModel, split: str, log: Log = pr
             log(f"{source.path} is not the data this model's study ran on (compared by content), so its {split} "
                 "split is medtune's default split of it, not the study's held-out split")
         data = load_dataset(DataConfig(source=str(source.path.resolve()), image_size=pre["image_size"],
-                                       channels=pre["channels"], blank_filter=False))
+                                       channels=pre["channels"], blank_filter=False),
+                            require_classes=False)  # a folder of one class is fine to predict on
     stored = tuple(pre["stored_size"])
     if data.images.shape[1:3] != stored:
         raise PredictError(f"the images of {source.path} are {data.images.shape[2]}x{data.images.shape[1]} pixels, "

@@ -12,6 +12,7 @@ STUDY_TAG = "medtune.study"
 ROLE_TAG = "medtune.role"
 STATUS_TAG = "medtune.status"            # running | interrupted | finished | no_trial_finished | failed
 SPACE_TAG = "medtune.space"
+SPACE_TAG_LIMIT = 7900  # characters of the space file the tag keeps (MLflow caps tag values at 8000)
 GIT_COMMIT_TAG = "medtune.git_commit"
 VERSIONS_TAG = "medtune.versions"
 DATA_FINGERPRINT_TAG = "medtune.data_fingerprint"

@@ -42,9 +42,7 @@ from trainables.config import (
     DataConfig,
     TrialConfig,
     coerce_value,
-    field_choices,
     field_types,
-    is_choice,
     suggest_trial_key,
 )
 from trainables.data import resolve_data_path
@@ -376,7 +374,7 @@ def build_section(path: Path, name: str, section: Any, cls: type) -> Any:
     if not isinstance(section, dict):
         raise SpaceError(path, name, f"must be a mapping, but got {section!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints, choices = field_types(cls), field_choices(cls)
+    hints = field_types(cls)
     _check_keys(path, f"{name}.", section, fields)
     values = {}
     for key, value in section.items():
@@ -385,11 +383,6 @@ def build_section(path: Path, name: str, section: Any, cls: type) -> Any:
             values[key] = coerce_value(value, hints[key])
         except (TypeError, ValueError):
             raise SpaceError(path, f"{name}.{key}", f"expects {kind}, but got {value!r}") from None
-        if key in choices and not is_choice(values[key], choices[key]):
-            close = difflib.get_close_matches(str(value), [str(a) for a in choices[key]], n=1)
-            allowed = ", ".join("null" if a is None else str(a) for a in choices[key])
-            fix = f"did you mean '{close[0]}'?" if close else f"use one of {allowed}"
-            raise SpaceError(path, f"{name}.{key}", f"expects {kind}, but got {value!r}", fix)
     try:
         return cls(**values)  # checks every rule of the schema (``__post_init__``)
     except ConfigError as err:

@@ -49,16 +49,17 @@ class TuneSettings:
                   "is spent end as stopped early by the time budget; null: no limit",
         rule=Rule("a duration such as 45m, 2h or 1h30m", _is_duration, "write e.g. 90m, 2h or 1h30m"))
     metric: str = setting(
-        "val_auc", doc="what the search optimises: a validation metric, never a test one",
+        "val_auc", doc="what the search optimises: a validation metric (or train_loss), never a test one",
         rule=Rule(f"one of {', '.join(SEARCH_METRICS)}", lambda m: m in SEARCH_METRICS, _metric_fix))
     mode: Literal["max", "min"] | None = setting(
         None, doc="whether the metric is maximised or minimised; null: `min` for a metric ending in `loss`, else `max`")
-    seed: int = setting(0, doc="seeds the sampler (the data split has its own seed in `data`)")
+    seed: int = setting(0, doc="seeds the sampler (the data split has its own seed in `data`)",
+                        rule="0 <= x <= 4294967295")
     max_concurrent: int | None = setting(None, doc="cap on trials running at once; null: as many as resources allow",
                                          rule=">= 1", fix="use null to run as many trials as resources allow")
     max_failures: int = setting(1, doc="retries of a crashed trial (a lost node, a killed worker) from its last "
                                        "checkpoint; failures a retry would repeat (non-finite loss, a setting the "
-                                       "backbone or data cannot take) are not retried")
+                                       "backbone or data cannot take) are not retried", rule=">= 0")
     startup_trials: int = setting(5, doc="random trials before TPE starts modelling", rule=">= 0")
 
     def __post_init__(self) -> None:

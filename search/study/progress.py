@@ -18,10 +18,8 @@ from search.study.trainable import FAILURE_KEY
 
 
 class ProgressLine(Callback):
-    """A compact status line instead of pages of logs, every ``every_s`` seconds.
-
-    ``[12:04 elapsed, ETA 47:56] running 2 | pending 9 | done 3 | stopped early 4 | errored 0 | best val_auc 0.9612``
-    """
+    """The status line of the module docstring, every ``every_s`` seconds (budget left
+    from the study's :class:`search.study.stopping.StudyClock`)."""
 
     def __init__(self, metric: str, mode: str, fixed: dict[str, Any], clock_key: str = "",
                  every_s: float = 15.0) -> None:

@@ -60,9 +60,11 @@ class StudyClock:
         return self.budget_s is not None and self.spent_s() >= self.budget_s
 
     def tick(self) -> None:
-        """Persist the spent time when ``persist_every_s`` passed since the last time."""
+        """Persist the spent time when ``persist_every_s`` passed since the last time
+        (only for a study with a budget: without one, the account is written at the end)."""
         now = time.monotonic()
-        if self._persist is not None and now - self._persisted_at >= self._persist_every_s:
+        if self.budget_s is not None and self._persist is not None \
+                and now - self._persisted_at >= self._persist_every_s:
             self._persisted_at = now
             self._persist(self.spent_s())
 

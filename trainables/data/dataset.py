@@ -26,7 +26,6 @@ from .decode import (
     DECODER_VERSION,
     BlankRule,
     Decoded,
-    check_decode_settings,
     convert_arrays,
     decode_files,
 )
@@ -69,6 +68,8 @@ class ImageDataset:
         source: the resolved source path.
         paths: per image, its path (or member name) in the source, for reports.
         from_cache: True when the arrays came from the on-disk cache, not a decode.
+        content_digest: digest of the source's bytes as these settings read it (file
+            names relative to the source, so a copy elsewhere has the same digest).
         group_overlap: how many group ids occur in more than one of the source's own
             splits; always 0 unless ``allow_group_overlap`` accepted them (a DataWarning
             says so too). Log it with the study: a non-zero value may mean leakage.
@@ -90,6 +91,7 @@ class ImageDataset:
     paths: np.ndarray | None = None
     from_cache: bool = False
     group_overlap: int = 0
+    content_digest: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -111,11 +113,13 @@ class ImageDataset:
                 f"splits={self.split_sizes()}, skipped={self.skipped}, fingerprint={self.fingerprint[:12]})")
 
 
-def load_dataset(config: DataConfig) -> ImageDataset:
+def load_dataset(config: DataConfig, require_classes: bool = True) -> ImageDataset:
     """Load, decode (once, cached) and split the images a :class:`DataConfig` describes.
 
     Args:
         config: a :class:`trainables.config.DataConfig`.
+        require_classes: refuse splits that lack classes (a study needs them; predicting
+            on a folder of one class does not).
 
     Returns:
         The decoded dataset with its deterministic split.
@@ -137,12 +141,13 @@ def load_dataset(config: DataConfig) -> ImageDataset:
     manifest = open_source(path, config)
     try:
         settings = _decode_settings(manifest, config)
-        key = cache.cache_key(cache.content_digest(manifest.hash_files), settings)
+        digest = cache.content_digest(manifest.hash_files)
+        key = cache.cache_key(digest, settings)
         root = cache.cache_root(config.cache_dir)
         data = cache.load(root, key)
         from_cache = data is not None
         if data is None:  # every check that needs no pixels fails here, before decoding
-            _split(manifest.labels, manifest.split, manifest.groups, manifest.class_names, config)
+            _split(manifest.labels, manifest.split, manifest.groups, manifest.class_names, config, require_classes)
             _group_overlap(manifest.split, manifest.groups, config, path, warn=False)
             data = _decode(manifest, config)
             cache.save(root, key, data, settings)
@@ -157,7 +162,7 @@ def load_dataset(config: DataConfig) -> ImageDataset:
     if unused:
         logger.warning("classes %s (%s) have no images in %s; labels should run 0..K-1", unused,
                        [data.class_names[i] for i in unused], path)
-    splits = _split(data.labels, data.split, data.groups, data.class_names, config)
+    splits = _split(data.labels, data.split, data.groups, data.class_names, config, require_classes)
     overlap = _group_overlap(data.split, data.groups, config, path, warn=True)
     return ImageDataset(
         images=data.images,
@@ -171,6 +176,7 @@ def load_dataset(config: DataConfig) -> ImageDataset:
         paths=data.paths,
         from_cache=from_cache,
         group_overlap=overlap,
+        content_digest=digest,
     )
 
 
@@ -200,12 +206,14 @@ def describe(data: ImageDataset) -> str:
 
 
 def _split(labels: np.ndarray, source_split: np.ndarray | None, groups: np.ndarray | None,
-           class_names: list[str], config: DataConfig) -> dict[str, np.ndarray]:
-    """The split, subsampled by ``train_fraction``, refused when a split lacks classes."""
+           class_names: list[str], config: DataConfig, require_classes: bool = True) -> dict[str, np.ndarray]:
+    """The split, subsampled by ``train_fraction``, refused (``require_classes``) when a
+    split lacks classes."""
     splits = make_splits(labels, source_split, groups, val_fraction=config.val_fraction,
                          test_fraction=config.test_fraction, seed=config.seed)
     splits["train"] = subsample_train(splits["train"], labels, config.train_fraction, config.seed)
-    check_class_presence(labels, splits, class_names)
+    if require_classes:
+        check_class_presence(labels, splits, class_names)
     return splits
 
 
@@ -332,12 +340,11 @@ def _fingerprint(key: str, splits: dict[str, np.ndarray]) -> str:
 
 def _check_config(config: DataConfig) -> None:
     """The settings' own rules (a DataConfig checks them when built: this catches one that
-    skipped that, such as an unpickled copy) and what the decoder accepts."""
+    skipped that, such as an unpickled copy)."""
     try:
         config.validate()
     except ValueError as err:
         raise DataError(str(err)) from None
-    check_decode_settings(config.image_size, config.channels)
 
 
 __all__ = ["ImageDataset", "describe", "load_dataset"]
