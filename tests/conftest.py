@@ -11,7 +11,7 @@ import pytest
 
 def _data_root() -> Path:
     env = os.environ.get("MEDTUNE_DATA")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(env).expanduser().resolve() if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
