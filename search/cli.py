@@ -31,6 +31,7 @@ def _trial(args: argparse.Namespace) -> int:
     from search.space.preflight import check_space
     from trainables.data import DataError, describe, load_dataset
     from trainables.models import ModelError
+    from search.study.folds import resolve_cv_folds, with_cv_folds
     from trainables.trial import NonFiniteLossError, TrialSetupError, run_trial
 
     space = load_space(args.space, parse_overrides(args.set or []))
@@ -46,11 +47,24 @@ def _trial(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         data = load_dataset(space.data)
         print(f"{describe(data)}, loaded in {time.perf_counter() - started:.1f}s", flush=True)
+        folds, why = resolve_cv_folds(_cv(args.cv) if args.cv is not None else space.tune.cv_folds, data)
+        config = with_cv_folds(space, data, folds).default_config()
+        print(why, flush=True)
         run_trial(config, data, report=_print_epoch, checkpoint_dir=out, resume_from=args.resume)
     except (DataError, ModelError, TrialSetupError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cv(value: str | None) -> int | str | None:
+    """``--cv K`` or ``--cv auto``."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--cv must be an integer >= 1 or auto, but got {value!r}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -59,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
 
     options = StudyOptions(name=args.name, address=args.address, num_samples=args.num_samples,
                            time_budget=args.time_budget, resume=args.resume, tracking_uri=args.tracking_uri,
-                           storage=args.storage, num_cpus=args.num_cpus)
+                           storage=args.storage, num_cpus=args.num_cpus, cv=_cv(args.cv))
     try:
         outcome = run_study(args.space, options)
     except DataError as err:
@@ -108,8 +122,13 @@ def _list(args: argparse.Namespace) -> int:
 def _best(args: argparse.Namespace) -> int:
     from search.records.studies import best_trial, find_study
 
-    if (args.refit or args.register or args.force) and not args.export:
-        raise ValueError("--refit, --register and --force act on an export: add --export DIR")
+    if (args.refit or args.register or args.force or args.threshold or args.no_calibrate) and not args.export:
+        raise ValueError("--refit, --register, --force, --threshold and --no-calibrate act on an export: "
+                         "add --export DIR")
+    if args.threshold is not None:
+        from search.evaluation import parse_threshold
+
+        parse_threshold(args.threshold)  # refused before any data is loaded
     if args.top < 1:
         raise ValueError(f"--top must be >= 1, but got {args.top}")
     study = find_study(args.name, args.storage)
@@ -130,7 +149,8 @@ def _best(args: argparse.Namespace) -> int:
         from search.model.export import ExportOptions, export_best
 
         export_best(study, ExportOptions(directory=Path(args.export), force=args.force, refit=args.refit,
-                                         register=args.register, metric=args.metric))
+                                         register=args.register, metric=args.metric, threshold=args.threshold,
+                                         calibrate=False if args.no_calibrate else None))
     return 0
 
 
@@ -209,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable), e.g. --set epochs=2 --set data.image_size=64")
     trial.add_argument("--out", help="checkpoint directory (default runs/trials/<space>-<time>)")
     trial.add_argument("--resume", help="checkpoint file or directory to continue from")
+    trial.add_argument("--cv", metavar="K", help="cross-validate over K folds of train + val, or auto "
+                       "(overrides tune.cv_folds)")
     trial.set_defaults(func=_trial)
 
     run = commands.add_parser("run", help="run a study: Optuna proposes, ASHA stops early, MLflow records")
@@ -217,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="join a running Ray cluster (e.g. auto or 10.0.0.1:6379); default: start Ray here")
     run.add_argument("--num-samples", type=int, help="number of trials (overrides tune.num_samples)")
     run.add_argument("--time-budget", help="wall-clock budget, e.g. 45m or 2h (overrides tune.time_budget)")
+    run.add_argument("--cv", metavar="K", help="cross-validate every trial over K folds of train + val, or auto "
+                     "(overrides tune.cv_folds)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     run.add_argument("--storage", help=STORAGE_HELP[:-1] + "; on a multi-node cluster a URI every node reaches, "
@@ -238,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--force", action="store_true", help="replace an existing export in DIR")
     best.add_argument("--refit", action="store_true", help="first retrain the best configuration on train + val "
                       "for its best epoch count")
+    best.add_argument("--threshold", metavar="RULE", help="binary models: the decision threshold, chosen on "
+                      "validation: youden, sensitivity:0.95, specificity:0.95 or a probability such as 0.5 "
+                      "(default: the space's export.threshold, youden)")
+    best.add_argument("--no-calibrate", action="store_true", help="skip temperature scaling (default: the "
+                      "space's export.calibrate, on)")
     best.add_argument("--register", metavar="MODEL_NAME", help="also register the ONNX model in the MLflow model "
                       "registry under this name")
     best.set_defaults(func=_best)

@@ -209,8 +209,10 @@ def test_export_reloads_identically_as_safetensors_torchscript_and_onnx(exported
 
     spec = InputSpec(pre["crop_size"], pre["input_size"], pre["in_chans"], tuple(pre["mean"]), tuple(pre["std"]))
     x = prepare_batch(torch.from_numpy(data.images[data.splits["test"][:100]]), spec)
+    temperature = config["decision"]["temperature"]
+    assert temperature > 0
     with torch.no_grad():
-        reference = torch.softmax(network(x), 1).numpy()
+        reference = torch.softmax(network(x) / temperature, 1).numpy()  # the graphs fold the temperature in
         scripted = torch.jit.load(str(exported / "model.torchscript.pt"))(x).numpy()
     session = onnxruntime.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_out = session.run(None, {"images": x.numpy()})[0]
@@ -237,8 +239,9 @@ def test_test_metrics_in_card_and_parent_run_match_the_exported_model(exported, 
     for key, value in expected.items():
         assert metrics["test"][key] == pytest.approx(value, abs=1e-6), key
         assert parent.data.metrics[key] == pytest.approx(value, abs=1e-6), key
+    threshold = json.loads((exported / "config.json").read_text())["decision"]["threshold"]
     matrix = np.zeros((2, 2), int)
-    np.add.at(matrix, (data.labels[test], probs.argmax(1)), 1)
+    np.add.at(matrix, (data.labels[test], (probs[:, 1] >= threshold).astype(int)), 1)  # at the export's decision
     assert metrics["test_confusion_matrix"] == matrix.tolist()
     assert json.loads(parent.data.tags["medtune.test_confusion_matrix"]) == matrix.tolist()
     artifacts = {a.path for a in MlflowClient(record["tracking_uri"]).list_artifacts(record["parent_run_id"])}
@@ -451,7 +454,7 @@ def test_export_manifest_covers_every_file_and_predict_refuses_altered_files(exp
     assert manifest["algorithm"] == "sha256" and set(manifest["files"]) == files
     for name, entry in manifest["files"].items():
         assert entry == {"sha256": sha256(exported / name), "bytes": (exported / name).stat().st_size}, name
-    assert json.loads((exported / "config.json").read_text())["format_version"] == 2
+    assert json.loads((exported / "config.json").read_text())["format_version"] == 3
 
     npz = str(data_root / "medmnist" / "pneumoniamnist.npz")
     out = root / "altered.csv"
@@ -643,3 +646,62 @@ def test_card_lists_skipped_images_and_warns_of_patient_overlap(exported, study,
     card = model_card(config, summary, "name: quick")
     assert ("**Warning:** the study ran with `allow_group_overlap: true`: 5 patient (group) ids have images in more "
             "than one of the source's own splits, so test images may share patients with training images") in card
+
+
+def test_decision_is_fitted_on_validation_and_predict_applies_it(exported, study, record, root, data, data_root,
+                                                                capsys):
+    """The threshold and temperature come from the best trial's validation predictions (not test), the card
+    reports them on test with the AUC's CI, and `search predict` decides with that threshold."""
+    from search.evaluation import auc_interval, choose_threshold, fit_temperature, parse_threshold
+    from search.evaluation.calibration import scale
+
+    config = json.loads((exported / "config.json").read_text())
+    decision = config["decision"]
+    saved = np.load(Path(config["study"]["checkpoint"]) / "val_predictions.npz")
+    assert len(saved["labels"]) == len(data.splits["val"])  # validation images, not test
+    expected_t = fit_temperature(saved["labels"], saved["probs"]).temperature
+    assert decision["temperature"] == pytest.approx(expected_t, rel=1e-9)
+    point = choose_threshold(saved["labels"], scale(saved["probs"], expected_t)[:, 1], parse_threshold("youden"))
+    assert decision["rule"] == "youden" and decision["threshold"] == pytest.approx(point.threshold)
+    assert decision["positive_class"] == "pneumonia"
+
+    metrics = json.loads((exported / "metrics.json").read_text())
+    test_labels = data.labels[data.splits["test"]]
+    interval = auc_interval(test_labels, np.asarray([[1 - p, p] for p in _predicted(root, exported, data_root)[1]]))
+    decided = metrics["test_decision"]
+    assert decided["auc_low"] == pytest.approx(interval.low, abs=1e-4)
+    assert decided["auc_low"] < metrics["test"]["test_auc"] < decided["auc_high"]
+    card = (exported / "MODEL_CARD.md").read_text()
+    assert f"95% CI {decided['auc_low']:.4f}-{decided['auc_high']:.4f} (DeLong)" in card
+    assert f"threshold {decision['threshold']:.4f}" in card and f"sensitivity {decided['sensitivity']:.4f}" in card
+    assert "reliability.png" in {p.name for p in exported.iterdir()}
+
+    preds, probs = _predicted(root, exported, data_root)
+    assert (preds == (probs >= decision["threshold"])).all()
+    sens = float(preds[test_labels == 1].mean())
+    assert sens == pytest.approx(decided["sensitivity"], abs=1e-9)
+    parent = MlflowClient(record["tracking_uri"]).get_run(record["parent_run_id"])
+    assert parent.data.metrics["test_auc_high"] == pytest.approx(decided["auc_high"])
+
+    # another rule from the command line, refit-free: a screening point (sensitivity >= 0.95 on validation)
+    screening = root / "exports" / "screening"
+    assert search("best", "quick", "--storage", str(study.parent), "--export", str(screening),
+                  "--threshold", "sensitivity:0.95", "--no-calibrate") == 0
+    other = json.loads((screening / "config.json").read_text())["decision"]
+    assert other["temperature"] == 1.0 and other["rule"] == "sensitivity:0.95"
+    assert other["held_out"]["sensitivity"] >= 0.95
+    capsys.readouterr()
+    # a rule that does not parse is refused before any data is loaded or anything is written
+    assert search("best", "quick", "--storage", str(study.parent), "--export", str(root / "exports" / "bad"),
+                  "--threshold", "youdn") == 2
+    err = capsys.readouterr().err
+    assert "threshold 'youdn' does not parse: use youden, sensitivity:S" in err
+    assert not (root / "exports" / "bad").exists()
+
+
+def _predicted(root: Path, exported: Path, data_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`search predict` on the study's test split: (pred, probability of class 1) per image."""
+    out = root / "decision.csv"
+    assert search("predict", str(exported), str(data_root / "medmnist" / "pneumoniamnist.npz"), "--out", str(out)) == 0
+    rows = list(csv.DictReader(out.open()))
+    return np.array([int(r["pred"]) for r in rows]), np.array([float(r["prob_pneumonia"]) for r in rows])

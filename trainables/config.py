@@ -429,6 +429,9 @@ class TrialConfig:
     train_fraction: float = setting(1.0, doc="stratified, seeded subsample of the training split for this "
                                              "trial, nested (0.05 is inside 0.2): training-size studies",
                                     rule="0 < x <= 1")
+    cv_folds: int = setting(1, doc="folds the trial cross-validates over train + val (its metrics are fold means); "
+                                   "1: the single train/val split. Set by the study's `tune.cv_folds`",
+                            rule=">= 1")
     seed: int = setting(0, doc="seeds model init, shuffling and augmentation", rule="0 <= x <= 4294967295")
     device: str = setting(
         "auto", doc="where the trial trains: `auto` = CUDA when present",

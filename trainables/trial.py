@@ -5,12 +5,17 @@ sight: ``run_trial`` takes a typed config, a decoded dataset and a ``report`` ca
 (``tune.report`` in a study, a printer in ``search trial``), so it is tested directly.
 
 Only the train and validation splits are touched; the test split is reserved for the
-final model (``search best --export``).
+final model (``search best --export``). A cross-validated trial (``cv_folds`` K > 1)
+pools train + val into K folds (:mod:`trainables.data.folds`) and trains K fold models
+side by side, one epoch of each in turn, so every epoch's report carries the fold mean
+(what TPE and ASHA see), each fold's value, their spread, and the metrics of the pooled
+out-of-fold predictions.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import math
 import random
@@ -28,6 +33,7 @@ from trainables.augment import AugmentSpec, InputSpec, prepare_batch
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
 from trainables.data import ImageDataset
+from trainables.data.folds import fold_pool, make_folds
 from trainables.data.splits import subsample_train
 from trainables.metrics import classification_metrics
 from trainables.models import TransferModel, build_model
@@ -165,6 +171,43 @@ def state_dict(state: TrialState, config: TrialConfig) -> dict:
     }
 
 
+def fold_state_dict(state: TrialState) -> dict:
+    """What differs between the fold models of a cross-validated trial: weights, optimizer, schedule, RNG."""
+    return {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "schedule": state.schedule.state_dict(), "generator": state.generator.get_state()}
+
+
+def folds_state_dict(states: list[TrialState], config: TrialConfig) -> dict:
+    """The checkpoint of every fold model: fold 0 as in :func:`state_dict`, the others under ``folds``.
+
+    ``model`` is then fold 0's weights; ``fold_models`` lists every fold's, in fold order.
+    """
+    checkpoint = state_dict(states[0], config)
+    if len(states) > 1:
+        checkpoint["folds"] = [fold_state_dict(s) for s in states[1:]]
+    return checkpoint
+
+
+def fold_models(checkpoint: dict) -> list[dict]:
+    """The weights of every fold model in a checkpoint (one for a single-split trial)."""
+    return [checkpoint["model"], *[fold["model"] for fold in checkpoint.get("folds", [])]]
+
+
+def restore_folds(states: list[TrialState], checkpoint: dict) -> None:
+    """Load a :func:`folds_state_dict` checkpoint into freshly built fold models."""
+    folds = checkpoint.get("folds", [])
+    if len(folds) != len(states) - 1:
+        raise TrialSetupError(f"the checkpoint holds {len(folds) + 1} fold model(s) but the config asks for "
+                              f"cv_folds {len(states)}; resume with the config it was written with")
+    restore(states[0], checkpoint)
+    for state, fold in zip(states[1:], folds):
+        state.model.load_state_dict(fold["model"])
+        state.optimizer.load_state_dict(fold["optimizer"])
+        state.schedule.load_state_dict(fold["schedule"])
+        state.generator.set_state(fold["generator"])
+        state.epoch = states[0].epoch
+
+
 def restore(state: TrialState, checkpoint: dict) -> None:
     """Load a checkpoint produced by :func:`state_dict` into a freshly built trial."""
     state.model.load_state_dict(checkpoint["model"])
@@ -299,6 +342,44 @@ def release_free_memory() -> None:
         trim(0)
 
 
+def fold_datasets(config: TrialConfig, data: ImageDataset) -> list[ImageDataset]:
+    """The data each fold model sees: ``[data]`` itself for one fold, else K views of it.
+
+    Fold k's view trains on the pooled train + val images outside fold k and validates
+    on fold k; the images, labels and test split are shared, not copied.
+    """
+    if config.cv_folds == 1:
+        return [data]
+    pool = fold_pool(data.splits)
+    try:
+        held_out = make_folds(data.labels, pool, data.groups, config.cv_folds, list(data.class_names))
+    except ValueError as err:  # DataError: too many folds for the data
+        raise TrialSetupError(str(err)) from None
+    return [dataclasses.replace(data, splits={"train": np.setdiff1d(pool, fold), "val": fold,
+                                              "test": data.splits["test"]})
+            for fold in held_out]
+
+
+def combine_folds(per_fold: list[dict[str, float]], labels: np.ndarray, oof: np.ndarray) -> dict[str, float]:
+    """One report from the fold models' validation metrics.
+
+    ``val_*`` become the fold means (NaN folds ignored) with ``val_*_std`` and
+    ``val_*_fold<k>`` beside them; ``oof_*`` are the metrics of the pooled out-of-fold
+    probabilities ``oof`` on ``labels``.
+    """
+    combined: dict[str, float] = {}
+    for key in per_fold[0]:
+        values = np.array([m[key] for m in per_fold], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        combined[key] = float(finite.mean()) if len(finite) else float("nan")
+        combined[f"{key}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
+        combined.update({f"{key}_fold{k}": float(v) for k, v in enumerate(values)})
+    oof_metrics = classification_metrics(labels, oof, prefix="oof_")
+    oof_metrics["oof_loss"] = float(F.nll_loss(torch.log(torch.from_numpy(oof).clamp_min(1e-12)),
+                                               torch.from_numpy(labels)))
+    return {**combined, **oof_metrics}
+
+
 def run_trial(
     config: TrialConfig,
     data: ImageDataset,
@@ -319,9 +400,11 @@ def run_trial(
         TrialSetupError: the config does not fit the data.
     """
     setup_started = time.perf_counter()
-    state = build_trial(config, data)
+    folds = fold_datasets(config, data)
+    states = [build_trial(config, fold) for fold in folds]
     if resume_from is not None:
-        restore(state, load_checkpoint(resume_from))
+        restore_folds(states, load_checkpoint(resume_from))
+    state = states[0]
     images = images_tensor(data, state.device)
     trainable, total = state.model.trainable_parameters()
     # Overhead outside the epochs, reported for benchmarks/study_overhead.py: model build
@@ -329,16 +412,31 @@ def run_trial(
     setup_seconds = time.perf_counter() - setup_started
     while state.epoch < config.epochs:
         started = time.perf_counter()
-        train_loss, seen = train_epoch(state, config, images, data)
-        train_seconds = time.perf_counter() - started
-        release_free_memory()
-        metrics, probs = evaluate(state, config, images, data, "val")
-        release_free_memory()
-        state.schedule.end_epoch(metrics["val_loss"])
-        state.epoch += 1
+        train_losses, fold_metrics, fold_probs, seen, train_seconds = [], [], [], 0, 0.0
+        for fold_state, fold in zip(states, folds):
+            fold_started = time.perf_counter()
+            loss, fold_seen = train_epoch(fold_state, config, images, fold)
+            train_seconds += time.perf_counter() - fold_started
+            release_free_memory()
+            fold_val, probs = evaluate(fold_state, config, images, fold, "val")
+            release_free_memory()
+            fold_state.schedule.end_epoch(fold_val["val_loss"])
+            fold_state.epoch += 1
+            train_losses.append(loss)
+            fold_metrics.append(fold_val)
+            fold_probs.append(probs)
+            seen += fold_seen
+        if len(folds) == 1:
+            metrics, val_idx, probs = fold_metrics[0], data.splits["val"], fold_probs[0]
+        else:
+            # out-of-fold: each pooled image's probabilities from the fold model that never trained on it
+            val_idx = np.concatenate([fold.splits["val"] for fold in folds])
+            order = np.argsort(val_idx, kind="stable")
+            val_idx, probs = val_idx[order], np.concatenate(fold_probs)[order]
+            metrics = combine_folds(fold_metrics, data.labels[val_idx], probs)
         metrics.update(
             epoch=state.epoch,
-            train_loss=train_loss,
+            train_loss=float(np.mean(train_losses)),
             lr=state.optimizer.param_groups[-1]["lr"],
             trainable_params=float(trainable),
             trainable_fraction=trainable / max(total, 1),
@@ -350,9 +448,11 @@ def run_trial(
         saved = None
         if checkpoint_dir is not None:
             saving = time.perf_counter()
-            save_checkpoint(state_dict(state, config), checkpoint_dir)
-            # Labels and scores only (no images): enough for ROC curves and confusion matrices.
-            np.savez(Path(checkpoint_dir) / PREDICTIONS_FILE, labels=data.labels[data.splits["val"]], probs=probs)
+            save_checkpoint(folds_state_dict(states, config), checkpoint_dir)
+            # Labels and scores only (no images): enough for ROC curves, confusion matrices and,
+            # at export, the decision threshold and temperature (out-of-fold under cross-validation).
+            np.savez(Path(checkpoint_dir) / PREDICTIONS_FILE, labels=data.labels[val_idx], probs=probs,
+                     indices=val_idx)
             saved = Path(checkpoint_dir)
             metrics["checkpoint_seconds"] = time.perf_counter() - saving
         if report is not None:

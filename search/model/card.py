@@ -57,6 +57,42 @@ def _test_use_warning(uses: int) -> str | None:
             "new data.")
 
 
+def _decision_section(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The AUC's interval, the operating point and calibration, all on test (exports of format >= 3)."""
+    decision, test = config.get("decision"), summary.get("test_decision")
+    if not decision or not test:
+        return []
+    held = decision["held_out"]
+    lines = [
+        "### Uncertainty, operating point and calibration",
+        "",
+        f"- Test AUC {test['auc']:.4f}, 95% CI {test['auc_low']:.4f}-{test['auc_high']:.4f} "
+        f"({'DeLong' if test['auc_ci_method'] == 'delong' else 'stratified bootstrap, 1000 resamples'}).",
+    ]
+    if decision.get("threshold") is not None:
+        lines += [
+            f"- Operating point: `{decision['rule']}` on {decision['fitted_on']} gives threshold "
+            f"{decision['threshold']:.4f} on the probability of `{decision['positive_class']}` (there: sensitivity "
+            f"{held['sensitivity']:.4f}, specificity {held['specificity']:.4f}).",
+            f"- On test at that threshold: sensitivity {test['sensitivity']:.4f}, specificity "
+            f"{test['specificity']:.4f}, balanced accuracy {test['balanced_acc']:.4f}. `search predict` writes "
+            "this decision as `pred`; the ROC marks the point.",
+        ]
+    else:
+        lines.append("- Decision: the class of largest probability (argmax).")
+    scaled = decision["temperature"] != 1.0
+    lines += [
+        f"- Temperature scaling: T = {decision['temperature']:.4f}, fitted on the same validation predictions "
+        f"(their NLL {held['nll_before']:.4f} -> {held['nll_after']:.4f})" if scaled else
+        "- Temperature scaling: off, or it did not lower the validation NLL (T = 1)",
+        f"  and folded into the TorchScript and ONNX graphs. On test: ECE {test['ece_before']:.4f} -> "
+        f"{test['ece_after']:.4f}, NLL {test['nll_before']:.4f} -> {test['nll_after']:.4f} (15 confidence bins; "
+        "reliability.png).",
+        "",
+    ]
+    return lines
+
+
 def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str) -> str:
     """Render the model card.
 
@@ -139,17 +175,21 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str)
         lines.append(f"| {label} | {_number(val) if val is not None else '-'} | {_number(summary['test'][key])} |")
     lines += [
         "",
-        "Binary tasks count class 1 as positive: sensitivity is its recall, specificity the recall of class 0."
+        "Binary tasks count class 1 as positive: sensitivity is its recall, specificity the recall of class 0; "
+        "the accuracy, F1, sensitivity and specificity rows are at the argmax (probability 0.5), the operating "
+        "point below is the export's own decision."
         if len(names) == 2 else "Sensitivity and specificity are macro averages over the classes (one vs rest).",
         "",
-        "Test confusion matrix (rows: true class, columns: predicted class):",
+        *_decision_section(config, summary),
+        "Test confusion matrix at the export's decision (rows: true class, columns: predicted class):",
         "",
         "| true \\ predicted | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
         *[f"| {names[i]} | " + " | ".join(str(n) for n in row) + " |"
           for i, row in enumerate(summary["test_confusion_matrix"])],
         "",
-        "![ROC curve on the test split](roc_curve.png) ![Confusion matrix on the test split](confusion_matrix.png)",
+        "![ROC curve on the test split](roc_curve.png) ![Confusion matrix on the test split](confusion_matrix.png) "
+        "![Reliability diagram on the test split](reliability.png)",
         "",
         "## Use",
         "",

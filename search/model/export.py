@@ -7,13 +7,17 @@ What the export folder holds, and why:
 - ``config.json``: everything needed to rebuild the network and feed it: backbone and
   the full trial config, class names, and the preprocessing (the stored image size the
   data was decoded at, channels, centre crop, input size, normalisation mean/std).
-- ``model.torchscript.pt`` and ``model.onnx``: network + softmax, for serving without
-  medtune. Their input is the float ``(B, C, S, S)`` batch *after* preprocessing, and
+- ``model.torchscript.pt`` and ``model.onnx``: network, logits divided by the fitted
+  temperature, softmax, for serving without medtune. Their input is the float ``(B, C, S, S)`` batch *after* preprocessing, and
   their output class probabilities ``(B, K)``: preprocessing stays in ``config.json`` and
   in :func:`trainables.augment.prepare_batch`, the one code path training used, rather
   than being re-implemented inside each graph. The ONNX file is checked against PyTorch
   with onnxruntime on real test images before the export is accepted.
-- ``MODEL_CARD.md``, ``metrics.json``, ``roc_curve.png``, ``confusion_matrix.png``.
+- ``config.json``'s ``decision``: the temperature and, for a binary model, the decision
+  threshold, both fitted on the chosen trial's validation predictions
+  (:mod:`search.model.decision`); ``search predict`` applies the threshold for ``pred``.
+- ``MODEL_CARD.md``, ``metrics.json``, ``roc_curve.png`` (the operating point marked),
+  ``confusion_matrix.png`` (at the threshold), ``reliability.png``.
 - ``manifest.json``: the SHA-256 and size of every other file, ``config.json`` included,
   written last. One file listing all the others is the simplest rule that covers every
   file whatever the order they are written in (the card, for one, is written from the
@@ -44,6 +48,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from search.evaluation.calibration import scale
+from search.model.decision import (
+    Decision,
+    DecisionError,
+    fit_decision,
+    held_out_predictions,
+    predicted_classes,
+    test_report,
+)
 from search.model.files import (
     CARD_FILE,
     CONFIG_FILE,
@@ -73,6 +86,9 @@ FORMAT_TOLERANCE = 1e-4  # max abs difference in probabilities a reloaded format
 CHECK_IMAGES = 64
 
 Log = Callable[[str], None]
+
+
+RELIABILITY_FILE = "reliability.png"
 
 
 class ExportError(ValueError):
@@ -191,6 +207,9 @@ class ExportOptions:
         refit: retrain the best configuration on train + val for its best epoch count.
         register: also register the model under this name in the MLflow model registry.
         metric: rank trials by this validation metric instead of the study's.
+        threshold: the decision-threshold rule (``youden``, ``sensitivity:0.95``...);
+            None: the space's ``export.threshold``.
+        calibrate: fit temperature scaling; None: the space's ``export.calibrate``.
     """
 
     directory: Path
@@ -198,17 +217,21 @@ class ExportOptions:
     refit: bool = False
     register: str | None = None
     metric: str | None = None
+    threshold: str | None = None
+    calibrate: bool | None = None
 
 
 class Probabilities(nn.Module):
-    """The network followed by a softmax: what the TorchScript and ONNX files compute."""
+    """The network, its logits divided by the fitted temperature, then a softmax: what the
+    TorchScript and ONNX files compute."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
+        return torch.softmax(self.model(x) / self.temperature, dim=1)
 
 
 def rebuild_model(config: TrialConfig, num_classes: int, data_channels: int) -> nn.Module:
@@ -329,7 +352,7 @@ def evaluate_split(model: nn.Module, spec: InputSpec, data: ImageDataset, split:
 
 
 def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor,
-                   metadata: dict[str, str]) -> dict[str, float]:
+                   metadata: dict[str, str], temperature: float = 1.0) -> dict[str, float]:
     """Write safetensors, TorchScript and ONNX; return each format's max abs difference to PyTorch.
 
     Raises:
@@ -339,7 +362,7 @@ def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor,
     from safetensors.torch import load_model, save_model
 
     model = model.eval()
-    wrapped = Probabilities(model).eval()
+    wrapped = Probabilities(model, temperature).eval()
     with torch.no_grad():
         expected = wrapped(sample).numpy()
     save_model(model, str(directory / WEIGHTS_FILE), metadata=metadata)
@@ -366,7 +389,7 @@ def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor,
     session = onnxruntime.InferenceSession(str(directory / ONNX_FILE), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         outputs = {
-            "safetensors": Probabilities(reloaded)(sample).numpy(),
+            "safetensors": Probabilities(reloaded, temperature)(sample).numpy(),
             "torchscript": scripted(sample).numpy(),
             "onnx": session.run(["probabilities"], {"images": sample.numpy()})[0],
         }
@@ -472,7 +495,7 @@ def input_size(spec: InputSpec, stored: tuple[int, int]) -> int:
 
 
 def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: InputSpec, study: Study,
-                  best: BestTrial) -> dict[str, Any]:
+                  best: BestTrial, decision: Decision) -> dict[str, Any]:
     """The ``config.json`` of an export: how to rebuild the network and prepare its input."""
     from search.records.tracking import library_versions
 
@@ -490,7 +513,8 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
             "class_names": list(data.class_names),
             "data_channels": data.channels,
             "input": f"float32 (B, {spec.in_chans}, {size}, {size}): images after `preprocess`",
-            "output": "torchscript and onnx: class probabilities (B, num_classes); safetensors weights: logits",
+            "output": "torchscript and onnx: class probabilities (B, num_classes), temperature-scaled "
+                      "(decision.temperature); safetensors weights: the network's logits, before that scaling",
         },
         "preprocess": {
             "stored_size": list(stored),
@@ -510,6 +534,7 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
                 "scale to [0, 1], average or repeat channels to in_chans, subtract mean, divide by std",
             ],
         },
+        "decision": decision.to_dict(),
         "trial_config": config.to_dict(),
         "data": {"source": str((space.raw.get("data") or {}).get("source", data.source)),
                  "data_config": dataclasses.asdict(space.data), "fingerprint": data.fingerprint,
@@ -524,6 +549,35 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "versions": library_versions(),
     }
+
+
+def export_decision(study: Study, best: BestTrial, space: Any, data: ImageDataset, options: ExportOptions,
+                    log: Log) -> Decision:
+    """Temperature and threshold fitted on the best trial's validation predictions at its checkpoint epoch.
+
+    A refit model trains on the validation images, so its own predictions on them mean
+    nothing: the search checkpoint's predictions fit the decision either way.
+    """
+    threshold = options.threshold if options.threshold is not None else space.export.threshold
+    calibrate = options.calibrate if options.calibrate is not None else space.export.calibrate
+    folder, epoch = best_checkpoint(study, best)
+    labels, probs = held_out_predictions(folder)
+    fitted_on = f"validation predictions of trial {best.trial_id} at epoch {epoch} ({len(labels)} images)"
+    try:
+        return fit_decision(labels, probs, list(data.class_names), threshold, calibrate, fitted_on)
+    except DecisionError as err:
+        raise ExportError(str(err)) from None
+
+
+def describe_decision(decision: Decision, test: dict[str, Any]) -> str:
+    """One log line: temperature, threshold and what they give on test."""
+    line = (f"decision (fitted on {decision.fitted_on}): temperature {decision.temperature:.3f}; test AUC "
+            f"{test['auc']:.4f} (95% CI {test['auc_low']:.4f}-{test['auc_high']:.4f}), ECE {test['ece_before']:.4f} -> "
+            f"{test['ece_after']:.4f}, NLL {test['nll_before']:.4f} -> {test['nll_after']:.4f}")
+    if decision.threshold is not None:
+        line += (f"; threshold {decision.threshold:.4f} ({decision.rule}): test sensitivity "
+                 f"{test['sensitivity']:.4f}, specificity {test['specificity']:.4f}")
+    return line
 
 
 def skipped_images(client: Any, study: Study, data: ImageDataset, log: Log) -> dict[str, int]:
@@ -562,7 +616,7 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
 
     from search.model.card import model_card
     from search.model.publish import count_test_use
-    from search.records.tracking import roc_and_confusion_png
+    from search.records.tracking import reliability_png, roc_and_confusion_png
     from trainables.trial import input_spec_for
 
     directory = options.directory.expanduser().resolve()
@@ -573,19 +627,25 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     if len(data.splits["test"]) == 0:
         raise StudyError(f"the data of study {study.name!r} has no test split (data.test_fraction 0), so the "
                          "final model cannot be tested; run the study on data with a held-out test split")
+    decision = export_decision(study, best, space, data, options, log)
     final = final_model(study, best, data, options.refit, log)
     model, config = final.network, final.config
     spec = input_spec_for(config, data, model)
 
     test, probs, labels = evaluate_split(model, spec, data, "test", config.eval_batch("cpu"))
-    matrix = confusion_matrix(labels, probs.argmax(1), labels=list(range(data.num_classes))).tolist()
+    # at the export's decision (the threshold of a binary model), as `search predict` decides
+    decisions = predicted_classes(scale(probs, decision.temperature), decision.threshold)
+    matrix = confusion_matrix(labels, decisions, labels=list(range(data.num_classes))).tolist()
     # The scores are about to be seen: this counts as a use of the test split even if the export fails later.
     test_uses = count_test_use(client, study)
     log("test: " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in test.items()) + f"  ({len(labels)} images; use "
         f"{test_uses} of this study's test split)")
-    config_json = export_config(space, data, final, spec, study, best)
+    config_json = export_config(space, data, final, spec, study, best, decision)
+    decided = test_report(decision, labels, probs)
+    log(describe_decision(decision, decided))
     summary: dict[str, Any] = {
-        "test": test, "test_confusion_matrix": matrix, "validation": validation_metrics(client, best),
+        "test": test, "decision": decision.to_dict(), "test_decision": decided, "test_confusion_matrix": matrix,
+        "validation": validation_metrics(client, best),
         "test_uses": test_uses, "data_skipped": skipped_images(client, study, data, log),
         "split_sizes": data.split_sizes(), "train_images": final.train_images, "refit": options.refit,
         "search": search_timing(client, study), "best": dataclasses.asdict(best),
@@ -594,14 +654,18 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     metadata = {"format": EXPORT_FORMAT, "backbone": config.backbone, "trial_config": json.dumps(config.to_dict()),
                 "num_classes": str(data.num_classes), "data_channels": str(data.channels),
                 "class_names": json.dumps(list(data.class_names))}
-    plots = roc_and_confusion_png(labels, probs, list(data.class_names), "test split")
+    point = None if decision.threshold is None else (decision.threshold, decided["sensitivity"],
+                                                      decided["specificity"])
+    plots = roc_and_confusion_png(labels, scale(probs, decision.temperature), list(data.class_names), "test split",
+                                  point)
+    plots[RELIABILITY_FILE] = reliability_png(decided["reliability_before"], decided["reliability"], "test split")
 
     # Everything is written to a staging folder and renamed at the end: a failed export
     # (e.g. an ONNX mismatch) leaves neither a half-written folder nor a damaged old one.
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        summary["format_max_abs_diff"] = write_networks(staging, model, sample, metadata)
+        summary["format_max_abs_diff"] = write_networks(staging, model, sample, metadata, decision.temperature)
         log("reloaded formats vs PyTorch, max abs difference in probabilities: " + ", ".join(
             f"{k} {v:.1e}" for k, v in summary["format_max_abs_diff"].items()))
         for name, content in plots.items():

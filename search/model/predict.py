@@ -93,6 +93,17 @@ class ExportedModel:
     def preprocess(self) -> dict[str, Any]:
         return self.config["preprocess"]
 
+    @property
+    def temperature(self) -> float:
+        """Logits are divided by it before the softmax (exports before format 3: 1)."""
+        return float((self.config.get("decision") or {}).get("temperature", 1.0))
+
+    @property
+    def threshold(self) -> float | None:
+        """Binary models: ``pred`` is class 1 when its probability is at least this; None: argmax."""
+        value = (self.config.get("decision") or {}).get("threshold")
+        return None if value is None else float(value)
+
     @torch.no_grad()
     def probabilities(self, images: np.ndarray, batch_size: int = 256, names: list[str] | None = None) -> np.ndarray:
         """Class probabilities ``(N, K)`` of uint8 images ``(N, H, W, C)`` as stored.
@@ -104,7 +115,7 @@ class ExportedModel:
         out = []
         for start in range(0, len(images), batch_size):
             x = prepare_batch(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])), self.spec)
-            out.append(torch.softmax(self.network(x), dim=1).numpy())
+            out.append(torch.softmax(self.network(x) / self.temperature, dim=1).numpy())
         probs = np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
         bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
         if len(bad):
@@ -176,6 +187,15 @@ def check_config(config: dict[str, Any], directory: Path) -> None:
     for key in ("crop_size", "image_size"):
         rule(pre.get(key) is None or positive_int(pre[key]), f"preprocess.{key} must be null or an integer >= 1, "
                                                              f"but is {pre.get(key)!r}")
+    decision = config.get("decision") or {}
+    rule(isinstance(decision, dict), f"decision must be an object, but is {decision!r}")
+    temperature = decision.get("temperature", 1.0)
+    rule(finite(temperature) and temperature > 0, f"decision.temperature must be a finite number > 0 (logits are "
+                                                  f"divided by it), but is {temperature!r}")
+    threshold = decision.get("threshold")
+    rule(threshold is None or (finite(threshold) and 0 <= threshold <= 1 and k == 2),
+         f"decision.threshold must be null or, for a binary model, a probability in [0, 1], but is {threshold!r} "
+         f"({k} classes)")
     backbone = config["trial_config"].get("backbone")
     rule(model.get("backbone") == backbone, f"model.backbone {model.get('backbone')!r} differs from "
                                             f"trial_config.backbone {backbone!r}")
@@ -452,13 +472,21 @@ def dataset_part(source: Source, model: ExportedModel, split: str, log: Log = pr
     return Part(names, data.images[indices], data.labels[indices])
 
 
-def csv_rows(part: Part, probs: np.ndarray, class_names: list[str], kaggle: bool, with_labels: bool) -> list[list]:
-    """Output rows of one part: ``id,label`` (Kaggle) or path, class, probabilities[, label]."""
+def csv_rows(part: Part, probs: np.ndarray, class_names: list[str], kaggle: bool, with_labels: bool,
+             threshold: float | None = None) -> list[list]:
+    """Output rows of one part: ``id,label`` (Kaggle) or path, class, probabilities[, label].
+
+    ``pred`` is the export's decision: the positive class when its probability reaches
+    ``threshold`` (binary models), else the argmax.
+    """
+    from search.model.decision import predicted_classes
+
     if kaggle:
         return [[Path(name).stem, f"{probs[i, 1]:.6f}"] for i, name in enumerate(part.names)]
     rows = []
+    decided = predicted_classes(probs, threshold)
     for i, name in enumerate(part.names):
-        pred = int(probs[i].argmax())
+        pred = int(decided[i])
         label = [int(part.labels[i])] if part.labels is not None else [""]
         rows.append([name, pred, class_names[pred], *[f"{p:.6f}" for p in probs[i]], *(label if with_labels else [])])
     return rows
@@ -500,7 +528,7 @@ def predict_inputs(directory: str | Path, inputs: list[str], out: str | Path | N
                          else [dataset_part(source, model, split, log)])
                 for part in parts:
                     probs = model.probabilities(part.images, batch_size, part.names)
-                    writer.writerows(csv_rows(part, probs, names, kaggle, with_labels))
+                    writer.writerows(csv_rows(part, probs, names, kaggle, with_labels, model.threshold))
                     count += len(part.names)
                     if part.labels is not None:
                         labels.append(part.labels)

@@ -63,6 +63,12 @@ def log_test_results(client: Any, study: Study, directory: Path, summary: dict[s
 
     stamp = now_ms()
     metrics = [Metric(k, float(v), stamp, 0) for k, v in summary["test"].items() if np.isfinite(v)]
+    decided = summary.get("test_decision") or {}
+    # the AUC's 95% interval, calibration, and the operating point's rates (``test_*_at_threshold``)
+    names = {"auc_low": "test_auc_low", "auc_high": "test_auc_high", "ece_after": "test_ece", "nll_after": "test_nll",
+             "sensitivity": "test_sensitivity_at_threshold", "specificity": "test_specificity_at_threshold"}
+    metrics += [Metric(name, float(decided[key]), stamp, 0) for key, name in names.items()
+                if isinstance(decided.get(key), float) and np.isfinite(decided[key])]
     tags = [RunTag(EXPORTED_TAG, summary["best"]["trial_id"]),
             RunTag(EXPORT_REFIT_TAG, str(summary["refit"]).lower()),
             RunTag(EXPORT_TRAIN_IMAGES_TAG, str(summary["train_images"])),

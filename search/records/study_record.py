@@ -84,6 +84,7 @@ class StudyRecord:
     settings_sha256: str | None = None
     budget_spent_s: float = 0.0
     tuner_sha256: str | None = None
+    cv_folds: int = 1  # as resolved when the study started (`auto`, --cv); a resume keeps it
 
     @classmethod
     def read(cls, files: StudyFiles) -> "StudyRecord":

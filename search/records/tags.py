@@ -60,6 +60,18 @@ VALIDATION_METRICS = ("val_auc", "val_acc", "val_balanced_acc", "val_f1", "val_s
 SEARCH_METRICS = (*VALIDATION_METRICS, "train_loss")  # what a study may rank trials by
 EPOCH_METRICS = (*SEARCH_METRICS, "lr", "trainable_params", "trainable_fraction", "epoch_seconds",
                  "images_per_second")
+# A cross-validated trial also reports, per epoch, each fold's value and the spread of
+# every validation metric (``val_auc_fold0``.., ``val_auc_std``) and the metrics of its
+# pooled out-of-fold predictions (``oof_auc``...); its ``val_*`` are the fold means.
+CV_SUFFIXES = ("_std",)
+OOF_PREFIX = "oof_"
+
+
+def cv_metric_keys(result: dict) -> list[str]:
+    """The cross-validation keys of one report (none for a single-split trial), in report order."""
+    return [key for key in result
+            if isinstance(key, str) and (key.startswith(OOF_PREFIX) or any(
+                key.startswith(metric + "_fold") or key == metric + "_std" for metric in VALIDATION_METRICS))]
 CURVE_PREFIX = "epoch/"
 # Logged under their own names for the selected (best) epoch only, so that the MLflow
 # column ``val_auc`` is the value medtune ranks by, and its neighbours are that epoch's.

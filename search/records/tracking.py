@@ -193,12 +193,15 @@ def preload_plotting() -> None:
     import sklearn.metrics  # noqa: F401
 
 
-def roc_and_confusion_png(labels, probs, class_names: list[str], title: str = "") -> dict[str, bytes]:
+def roc_and_confusion_png(labels, probs, class_names: list[str], title: str = "",
+                          operating_point: tuple[float, float, float] | None = None) -> dict[str, bytes]:
     """ROC curve(s) and confusion matrix of one evaluation, as PNG bytes.
 
     ``title`` names what was evaluated (``"validation, epoch 3"``). Binary tasks get one
     curve for the positive class (class 1); multi-class tasks one curve per class against
     the rest. AUCs are printed to three decimals, class names label the axes.
+    ``operating_point`` (threshold, sensitivity, specificity) is marked on a binary ROC,
+    and the confusion matrix then shows that threshold's decisions instead of the argmax.
     """
     import matplotlib
 
@@ -216,18 +219,47 @@ def roc_and_confusion_png(labels, probs, class_names: list[str], title: str = ""
         if positive.any() and (~positive).any():
             fpr, tpr, _ = roc_curve(positive, probs[:, k])
             ax.plot(fpr, tpr, linewidth=1.5, label=f"{name}: AUC {roc_auc_score(positive, probs[:, k]):.3f}")
+    if operating_point is not None and probs.shape[1] == 2:
+        threshold, sens, spec = operating_point
+        ax.plot([1 - spec], [sens], "o", color="crimson", label=f"threshold {threshold:.3f}: sens {sens:.3f}, "
+                                                                 f"spec {spec:.3f}")
     ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
     ax.set(xlabel="false positive rate (1 - specificity)", ylabel="true positive rate (sensitivity)",
            title=f"ROC, {title}" if title else "ROC", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     images["roc_curve.png"] = _png(fig)
     fig, ax = plt.subplots(figsize=(4.8, 4.8))
-    ConfusionMatrixDisplay.from_predictions(labels, probs.argmax(1), labels=np.arange(len(class_names)),
+    decided = probs.argmax(1)
+    if operating_point is not None and probs.shape[1] == 2:
+        decided = (probs[:, 1] >= operating_point[0]).astype(int)
+    ConfusionMatrixDisplay.from_predictions(labels, decided, labels=np.arange(len(class_names)),
                                             display_labels=class_names, ax=ax, colorbar=False)
-    ax.set(xlabel="predicted class (argmax)", ylabel="true class",
+    how = "argmax" if operating_point is None or probs.shape[1] != 2 else \
+        f"threshold {operating_point[0]:.3f}"
+    ax.set(xlabel=f"predicted class ({how})", ylabel="true class",
            title=f"Confusion matrix, {title}" if title else "Confusion matrix")
     images["confusion_matrix.png"] = _png(fig)
     return images
+
+
+def reliability_png(points_before: list[tuple[float, float, int]], points_after: list[tuple[float, float, int]],
+                    title: str = "") -> bytes:
+    """Reliability diagram: accuracy against top-class confidence per bin, before and after scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    for points, label, style in ((points_before, "before temperature scaling", "s--"),
+                                 (points_after, "after", "o-")):
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, markersize=4, label=label)
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8, label="perfect calibration")
+    ax.set(xlabel="confidence (top-class probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"Reliability, {title}" if title else "Reliability")
+    ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
 
 
 def _png(fig) -> bytes:

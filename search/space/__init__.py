@@ -22,6 +22,7 @@ from search.space.load import (
 )
 from search.space.settings import (
     SEARCH_METRICS,
+    ExportSettings,
     MlflowSettings,
     ResourceSettings,
     SchedulerSettings,
@@ -29,6 +30,6 @@ from search.space.settings import (
     parse_duration,
 )
 
-__all__ = ["DISTRIBUTIONS", "SEARCH_METRICS", "Distribution", "DuplicateKeyError", "MlflowSettings",
+__all__ = ["DISTRIBUTIONS", "SEARCH_METRICS", "Distribution", "DuplicateKeyError", "ExportSettings", "MlflowSettings",
            "ResourceSettings", "SchedulerSettings", "Space", "SpaceError", "TuneSettings", "build_section",
            "candidates", "load_space", "load_yaml", "parse_duration", "parse_overrides", "parse_space"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from search.space import (
+    ExportSettings,
     MlflowSettings,
     ResourceSettings,
     SchedulerSettings,
@@ -48,6 +49,7 @@ SECTIONS: dict[str, type] = {
     "scheduler": SchedulerSettings,
     "resources": ResourceSettings,
     "mlflow": MlflowSettings,
+    "export": ExportSettings,
 }
 
 README = Path(__file__).resolve().parents[2] / "spaces" / "README.md"

@@ -11,7 +11,8 @@ A space is data, not code. Its sections:
 - ``tune``: search algorithm, number of trials, time budget, metric, seed;
 - ``scheduler``: ASHA early stopping (or none);
 - ``resources``: CPUs and GPU fraction per trial;
-- ``mlflow``: experiment name and tracking URI.
+- ``mlflow``: experiment name and tracking URI;
+- ``export``: how the final model decides (decision threshold, temperature scaling).
 
 Every mistake is reported as a :class:`SpaceError` naming the file, the key path, the
 value and the fix, before any expensive work starts: a key given twice in one mapping, a
@@ -32,6 +33,7 @@ from typing import Any, Callable, Literal
 import yaml
 
 from search.space.settings import (
+    ExportSettings,
     MlflowSettings,
     ResourceSettings,
     SchedulerSettings,
@@ -178,6 +180,7 @@ class Space:
     scheduler: SchedulerSettings = SchedulerSettings()
     resources: ResourceSettings = ResourceSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    export: ExportSettings = ExportSettings()
 
     @property
     def max_epochs(self) -> int:
@@ -237,7 +240,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Spa
     return parse_space(path, raw)
 
 
-TOP_LEVEL = ("name", "description", "data", "params", "search", "tune", "scheduler", "resources", "mlflow")
+TOP_LEVEL = ("name", "description", "data", "params", "search", "tune", "scheduler", "resources", "mlflow", "export")
 
 
 def parse_space(path: Path, raw: dict[str, Any]) -> Space:
@@ -254,6 +257,10 @@ def parse_space(path: Path, raw: dict[str, Any]) -> Space:
     for key, spec in (raw.get("search") or {}).items():
         _check_keys(path, "search.", {key: None}, trial_keys, suggest=suggest_trial_key)
         search[key] = _parse_distribution(path, f"search.{key}", spec)
+    for section in ("params", "search"):
+        if "cv_folds" in (params if section == "params" else search):
+            raise SpaceError(path, f"{section}.cv_folds", "is a study setting (every trial of a study must be "
+                             "scored on the same folds)", "set `tune: {cv_folds: 5}` (or auto), or pass --cv 5")
     _absolute_weights_paths(params, search)
     space = Space(
         path=path,
@@ -267,6 +274,7 @@ def parse_space(path: Path, raw: dict[str, Any]) -> Space:
         scheduler=build_section(path, "scheduler", raw.get("scheduler"), SchedulerSettings),
         resources=build_section(path, "resources", raw.get("resources"), ResourceSettings),
         mlflow=build_section(path, "mlflow", raw.get("mlflow"), MlflowSettings),
+        export=build_section(path, "export", raw.get("export"), ExportSettings),
     )
     _check_conditions(path, space)
     _check_candidates(path, space)

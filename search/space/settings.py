@@ -1,4 +1,4 @@
-"""The study-level sections of a space: ``tune``, ``scheduler``, ``resources``, ``mlflow``.
+"""The study-level sections of a space: ``tune``, ``scheduler``, ``resources``, ``mlflow``, ``export``.
 
 Each setting is declared once with its default, rule and one-line doc (the same
 :func:`trainables.config.setting` as the trial and data settings), checked when built;
@@ -60,6 +60,12 @@ class TuneSettings:
     max_failures: int = setting(1, doc="retries of a crashed trial (a lost node, a killed worker) from its last "
                                        "checkpoint; failures a retry would repeat (non-finite loss, a setting the "
                                        "backbone or data cannot take) are not retried", rule=">= 0")
+    cv_folds: int | str = setting(
+        1, doc="cross-validation: each trial trains K fold models on train + val (stratified, grouped by "
+               "`group_column`; test never joins) and is ranked by the fold mean; `auto`: 5 folds when train + val "
+               "hold at most 4000 images, else 1; 1: the single train/val split (`search run --cv K`)",
+        rule=Rule("auto or an integer >= 1", lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
+                  "e.g. 5 or auto"))
     startup_trials: int = setting(5, doc="random trials before TPE starts modelling", rule=">= 0")
 
     def __post_init__(self) -> None:
@@ -117,6 +123,40 @@ class MlflowSettings:
                   "precedence; null: `sqlite:///mlflow.db` in the working directory")
 
     def __post_init__(self) -> None:
+        check_settings(self)
+
+
+def _is_threshold(text: str) -> bool:
+    from search.evaluation.threshold import parse_threshold
+
+    try:
+        parse_threshold(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    """How the final model decides: the ``export`` section of a space (fields documented where declared).
+
+    Both are fitted on held-out predictions of the chosen trial (its validation split at
+    the selected epoch), never on the test split; ``search best --export`` can override
+    them with ``--threshold`` and ``--no-calibrate``.
+    """
+
+    threshold: str = setting(
+        "youden", doc="binary models: the decision threshold on the positive class's probability, chosen on "
+                      "validation: `youden` (max sensitivity + specificity), `sensitivity:0.95` (the best "
+                      "specificity at that sensitivity), `specificity:0.95`, or a fixed probability such as 0.5; "
+                      "multi-class models use the argmax",
+        rule=Rule("youden, sensitivity:S, specificity:S (S in (0, 1)) or a probability in (0, 1)",
+                  lambda value: _is_threshold(value), "e.g. youden or sensitivity:0.95"))
+    calibrate: bool = setting(True, doc="fit temperature scaling on validation and fold it into the exported "
+                                        "graphs (AUC and argmax unchanged; probabilities calibrated)")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", str(self.threshold))
         check_settings(self)
 
 

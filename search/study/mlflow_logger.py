@@ -46,6 +46,7 @@ from search.records.tags import (
     STOPPED_BY_TAG,
     TRIAL_TAG,
     best_metric_tag,
+    cv_metric_keys,
 )
 from search.records.tracking import (
     Metric,
@@ -240,10 +241,13 @@ class MlflowTrialLogger(Callback):
                 self.client.log_batch(log.run_id, tags=tags)
             return  # already logged before a restart from an earlier checkpoint
         stamp = now_ms()
-        metrics = [Metric(CURVE_PREFIX + k, v, stamp, epoch) for k, v in finite_metrics(result, EPOCH_METRICS).items()]
+        folds = cv_metric_keys(result)
+        metrics = [Metric(CURVE_PREFIX + k, v, stamp, epoch)
+                   for k, v in finite_metrics(result, (*EPOCH_METRICS, *folds)).items()]
         if self._improves(log, result.get(self.metric)):
             log.best, log.best_checkpoint = (float(result[self.metric]), epoch), None
-            metrics += [Metric(k, v, stamp, epoch) for k, v in finite_metrics(result, SELECTED_METRICS).items()]
+            metrics += [Metric(k, v, stamp, epoch)
+                        for k, v in finite_metrics(result, (*SELECTED_METRICS, *folds)).items()]
             metrics.append(Metric("best_epoch", float(epoch), stamp, epoch))
         # Metrics and node tags in one write: each MLflow call blocks Tune's event loop.
         self.client.log_batch(log.run_id, metrics=metrics, tags=tags)

@@ -32,6 +32,7 @@ from search.study.resources import (
     start_ray,
     trial_gpus,
 )
+from search.study.folds import resolve_cv_folds, with_cv_folds
 from search.study.tuner import build_tuner, fit_study
 
 DEFAULT_STORAGE = "runs/studies"
@@ -49,6 +50,7 @@ class StudyOptions:
     tracking_uri: str | None = None
     storage: str | None = None
     num_cpus: int | None = None
+    cv: int | str | None = None
 
 
 def study_dir(space: Space, options: StudyOptions) -> StudyFiles:
@@ -68,7 +70,7 @@ def study_dir(space: Space, options: StudyOptions) -> StudyFiles:
 
 
 def apply_overrides(space: Space, options: StudyOptions) -> Space:
-    """Return ``space`` with ``--num-samples`` / ``--time-budget`` applied (validated)."""
+    """Return ``space`` with ``--num-samples`` / ``--time-budget`` / ``--cv`` applied (validated)."""
     import dataclasses
 
     changes: dict[str, Any] = {}
@@ -76,12 +78,14 @@ def apply_overrides(space: Space, options: StudyOptions) -> Space:
         changes["num_samples"] = options.num_samples
     if options.time_budget is not None:
         changes["time_budget"] = options.time_budget
+    if options.cv is not None:
+        changes["cv_folds"] = options.cv
     if not changes:
         return space
     try:
         tune_settings = dataclasses.replace(space.tune, **changes)
     except ValueError as err:
-        raise SpaceError(space.path, "--num-samples/--time-budget", str(err)) from None
+        raise SpaceError(space.path, "--num-samples/--time-budget/--cv", str(err)) from None
     return dataclasses.replace(space, tune=tune_settings)
 
 
@@ -89,10 +93,11 @@ def prepare(space_path: str | Path, options: StudyOptions) -> tuple[Space, Study
     """Everything checkable before Ray starts: the space, the backbones, the study dir."""
     from search.space.preflight import check_space
 
-    if options.resume and (options.num_samples or options.time_budget or options.tracking_uri):
-        raise SpaceError(space_path, "--resume", "a resumed study keeps the trial count, time budget and MLflow "
-                         "store it started with (Tune restores them)",
-                         "drop --num-samples/--time-budget/--tracking-uri, or start a new study with --name")
+    if options.resume and (options.num_samples or options.time_budget or options.tracking_uri
+                           or options.cv is not None):
+        raise SpaceError(space_path, "--resume", "a resumed study keeps the trial count, time budget, folds and "
+                         "MLflow store it started with (Tune and the study record restore them)",
+                         "drop --num-samples/--time-budget/--cv/--tracking-uri, or start a new study with --name")
     space = apply_overrides(load_space(space_path), options)
     check_space(space)
     if space.tune.algorithm == "grid":
@@ -196,6 +201,12 @@ def run_study(space_path: str | Path, options: StudyOptions) -> StudyOutcome:
     started = time.perf_counter()
     data = load_dataset(space.data)
     print(describe(data) + f" ({time.perf_counter() - started:.1f}s)", flush=True)
+    if record is not None:
+        folds, why = record.cv_folds, f"cv_folds {record.cv_folds}, as the study started"
+    else:
+        folds, why = resolve_cv_folds(space.tune.cv_folds, data)
+    space = with_cv_folds(space, data, folds)  # a K the data cannot take is refused here, before Ray
+    print(why, flush=True)
     resume = resume_command(space_path, options, directory.name)
     if record is not None:
         try:
@@ -232,6 +243,7 @@ def run_study(space_path: str | Path, options: StudyOptions) -> StudyOutcome:
             "study": directory.name, "algorithm": space.tune.algorithm, "num_samples": space.tune.num_samples,
             "time_budget": space.tune.time_budget, "metric": space.tune.metric, "mode": space.tune.mode,
             "scheduler": space.scheduler.type, "seed": space.tune.seed, "max_epochs": space.max_epochs,
+            "cv_folds": folds,
             **{f"data.{k}": v for k, v in data.split_sizes().items()},
         }
         parent_run_id = start_study_run(client, exp_id, directory.name, space.text,
@@ -250,6 +262,7 @@ def run_study(space_path: str | Path, options: StudyOptions) -> StudyOutcome:
             record = StudyRecord.new(directory.name, space_path, space.raw, tracking_uri, exp_id, parent_run_id,
                                      data.fingerprint)
             record.tuner_sha256 = file_sha256(directory, TUNER_PICKLE)
+            record.cv_folds = folds
             record.write(directory)
         status = fit_study(tuner, space, directory, record)
     except BaseException as err:  # the parent run must not say "running" for a driver that stopped
