@@ -122,9 +122,14 @@ def _list(args: argparse.Namespace) -> int:
 def _best(args: argparse.Namespace) -> int:
     from search.records.studies import best_trial, find_study
 
-    if (args.refit or args.register or args.force or args.threshold or args.no_calibrate) and not args.export:
-        raise ValueError("--refit, --register, --force, --threshold and --no-calibrate act on an export: "
-                         "add --export DIR")
+    if (args.refit or args.register or args.force or args.threshold or args.no_calibrate or args.ensemble) \
+            and not args.export:
+        raise ValueError("--refit, --register, --force, --threshold, --no-calibrate and --ensemble act on an "
+                         "export: add --export DIR")
+    if args.ensemble is not None:
+        from search.model.members import parse_ensemble
+
+        parse_ensemble(args.ensemble)  # refused before any data is loaded
     if args.threshold is not None:
         from search.evaluation import parse_threshold
 
@@ -150,7 +155,7 @@ def _best(args: argparse.Namespace) -> int:
 
         export_best(study, ExportOptions(directory=Path(args.export), force=args.force, refit=args.refit,
                                          register=args.register, metric=args.metric, threshold=args.threshold,
-                                         calibrate=False if args.no_calibrate else None))
+                                         calibrate=False if args.no_calibrate else None, ensemble=args.ensemble))
     return 0
 
 
@@ -265,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--threshold", metavar="RULE", help="binary models: the decision threshold, chosen on "
                       "validation: youden, sensitivity:0.95, specificity:0.95 or a probability such as 0.5 "
                       "(default: the space's export.threshold, youden)")
+    best.add_argument("--ensemble", metavar="KIND", help="folds (the best trial's fold models; the default when it "
+                      "cross-validated), top-K (the K best trials, K >= 2) or none; members are soft-voted")
     best.add_argument("--no-calibrate", action="store_true", help="skip temperature scaling (default: the "
                       "space's export.calibrate, on)")
     best.add_argument("--register", metavar="MODEL_NAME", help="also register the ONNX model in the MLflow model "

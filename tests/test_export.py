@@ -705,3 +705,125 @@ def _predicted(root: Path, exported: Path, data_root: Path) -> tuple[np.ndarray,
     assert search("predict", str(exported), str(data_root / "medmnist" / "pneumoniamnist.npz"), "--out", str(out)) == 0
     rows = list(csv.DictReader(out.open()))
     return np.array([int(r["pred"]) for r in rows]), np.array([float(r["prob_pneumonia"]) for r in rows])
+
+
+CV_SPACE = """
+name: quickcv
+data:
+  source: medmnist/pneumoniamnist.npz
+  train_fraction: 0.1
+params:
+  backbone: cnn3
+  epochs: 1
+  batch_size: 32
+search:
+  lr: {choice: [3.0e-3, 1.0e-3]}
+tune: {algorithm: grid, num_samples: 1, max_failures: 0, cv_folds: 3}
+scheduler: {type: none}
+resources: {cpus: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def cv_study(root: Path) -> Path:
+    return run_study(root, CV_SPACE)
+
+
+def _members_mean(folder: Path, x: torch.Tensor) -> np.ndarray:
+    """The soft vote computed by hand from the member safetensors files and the stored temperature."""
+    from safetensors.torch import load_model
+
+    from search.model.export import rebuild_model
+    from trainables.config import TrialConfig
+
+    config = json.loads((folder / "config.json").read_text())
+    outs = []
+    for member in config["ensemble"]["members"]:
+        network = rebuild_model(TrialConfig.from_dict(member["trial_config"]), 2, 1)
+        load_model(network, str(folder / member["weights"]))
+        with torch.no_grad():
+            outs.append(torch.softmax(network(x) / config["decision"]["temperature"], 1).numpy())
+    return np.mean(outs, axis=0)
+
+
+def test_a_cross_validated_study_logs_fold_metrics_and_exports_its_fold_ensemble(cv_study, root, data_root,
+                                                                                  capsys):
+    import onnxruntime
+
+    from search.model.predict import load_exported
+    from trainables.augment import InputSpec, prepare_batch
+    from trainables.data.folds import fold_pool
+
+    record = json.loads((cv_study / "medtune_study.json").read_text())
+    assert record["cv_folds"] == 3
+    client = MlflowClient(record["tracking_uri"])
+    children = client.search_runs([record["experiment_id"]],
+                                  f"tags.mlflow.parentRunId = '{record['parent_run_id']}'")
+    assert len(children) == 2
+    for run in children:  # the val_auc MLflow shows is the fold mean medtune ranks by
+        m = run.data.metrics
+        assert m["val_auc"] == pytest.approx(np.mean([m[f"val_auc_fold{k}"] for k in range(3)]))
+        assert "val_auc_std" in m and "oof_auc" in m and "epoch/val_auc_fold2" in m
+
+    target = root / "exports" / "quickcv"
+    assert search("best", "quickcv", "--storage", str(cv_study.parent), "--export", str(target)) == 0
+    assert "ensemble: the 3 fold models of trial" in capsys.readouterr().out
+    config = json.loads((target / "config.json").read_text())
+    assert config["ensemble"]["kind"] == "folds"
+    assert [m["fold"] for m in config["ensemble"]["members"]] == [0, 1, 2]
+    assert {m["weights"] for m in config["ensemble"]["members"]} == {"model.safetensors", "member_1.safetensors",
+                                                                     "member_2.safetensors"}
+    loaded = cv_dataset(cv_study)
+    assert config["decision"]["held_out"]["images"] == len(fold_pool(loaded.splits))  # fitted out of fold
+    assert "out-of-fold predictions" in config["decision"]["fitted_on"]
+    pre = config["preprocess"]
+    spec = InputSpec(pre["crop_size"], pre["input_size"], pre["in_chans"], tuple(pre["mean"]), tuple(pre["std"]))
+    x = prepare_batch(torch.from_numpy(loaded.images[loaded.splits["test"][:50]]), spec)
+    expected = _members_mean(target, x)
+    session = onnxruntime.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], expected, atol=1e-5)
+    np.testing.assert_allclose(torch.jit.load(str(target / "model.torchscript.pt"))(x).detach().numpy(), expected,
+                               atol=1e-6)
+    np.testing.assert_allclose(load_exported(target).probabilities(loaded.images[loaded.splits["test"][:50]]),
+                               expected, atol=1e-6)
+    metrics = json.loads((target / "metrics.json").read_text())
+    assert len(metrics["test_decision"]["members_auc"]) == 3
+    card = (target / "MODEL_CARD.md").read_text()
+    assert "## Ensemble" in card and "`member_2.safetensors`" in card
+
+    # top-2: both trials' checkpoints, soft-voted; the threshold on the mean of their validation predictions
+    top = root / "exports" / "quickcv-top2"
+    assert search("best", "quickcv", "--storage", str(cv_study.parent), "--export", str(top),
+                  "--ensemble", "top-2") == 0
+    members = json.loads((top / "config.json").read_text())["ensemble"]["members"]
+    assert len({m["trial_id"] for m in members}) == 2
+    np.testing.assert_allclose(load_exported(top).probabilities(loaded.images[loaded.splits["test"][:50]]),
+                               _members_mean(top, x), atol=1e-6)
+
+    # refit of a fold ensemble: one model on all of train + val, said so
+    refit = root / "exports" / "quickcv-refit"
+    assert search("best", "quickcv", "--storage", str(cv_study.parent), "--export", str(refit), "--refit") == 0
+    assert "refit of a fold ensemble: one model on train + val" in capsys.readouterr().out
+    refit_config = json.loads((refit / "config.json").read_text())
+    assert len(refit_config["ensemble"]["members"]) == 1 and refit_config["trial_config"]["cv_folds"] == 1
+
+
+def cv_dataset(study_folder: Path):
+    from search.model.export import study_data
+    from search.records.studies import Study
+
+    loaded = Study.load(study_folder)
+    return study_data(loaded.client(), loaded, lambda _: None)[2]
+
+
+def test_impossible_ensembles_are_refused_before_anything_is_written(cv_study, study, root, capsys):
+    cases = [
+        (("quickcv", str(cv_study.parent), "top-5"), "--ensemble top-5 needs 5 finished trials, but study 'quickcv' has 2"),
+        (("quick", str(study.parent), "folds"), "--ensemble folds needs a cross-validated trial"),
+        (("quick", str(study.parent), "top-1"), "--ensemble 'top-1' is not a choice"),
+    ]
+    for (name, storage_dir, choice), message in cases:
+        target = root / "exports" / f"refused-{choice}"
+        assert search("best", name, "--storage", storage_dir, "--export", str(target), "--ensemble", choice) == 2
+        assert message in capsys.readouterr().err
+        assert not target.exists()

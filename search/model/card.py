@@ -57,6 +57,30 @@ def _test_use_warning(uses: int) -> str | None:
             "new data.")
 
 
+def _ensemble_section(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The members of an ensemble export and each one's test AUC (nothing for one network)."""
+    ensemble = config.get("ensemble") or {}
+    members = ensemble.get("members") or []
+    if len(members) < 2:
+        return []
+    aucs = (summary.get("test_decision") or {}).get("members_auc") or [None] * len(members)
+    kind = ensemble["kind"]
+    what = ("the fold models of the best trial, each trained on the other folds of train + validation"
+            if kind == "folds" else f"the {len(members)} best trials' checkpoints")
+    lines = ["## Ensemble", "",
+             f"`--ensemble {kind}`: {what}; their temperature-scaled probabilities are averaged (soft vote), in "
+             "`search predict` and inside the TorchScript and ONNX graphs.", "",
+             "| member | trial | fold | epoch | validation | training images | test AUC alone | weights |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, (member, auc) in enumerate(zip(members, aucs)):
+        metric, value = next(iter(member["validation"].items()))
+        lines.append(f"| {i} | `{member['trial_id']}` | {'-' if member['fold'] is None else member['fold']} | "
+                     f"{member['epoch']} | {metric} {value:.4f} | {member['train_images']} | "
+                     f"{'-' if auc is None else f'{auc:.4f}'} | `{member['weights']}` |")
+    lines += ["", f"The ensemble's test AUC: {summary['test']['test_auc']:.4f}.", ""]
+    return lines
+
+
 def _decision_section(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     """The AUC's interval, the operating point and calibration, all on test (exports of format >= 3)."""
     decision, test = config.get("decision"), summary.get("test_decision")
@@ -153,6 +177,7 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str)
         space_text.rstrip(),
         "```",
         "",
+        *_ensemble_section(config, summary),
         "## Best trial",
         "",
         f"Trial `{study['trial_id']}` ({best['state'].replace('_', ' ')} after {best['epochs_run']} epochs): "

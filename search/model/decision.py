@@ -72,12 +72,19 @@ def held_out_predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return labels, probs
 
 
-def fit_decision(labels: np.ndarray, probs: np.ndarray, class_names: list[str], threshold: str,
+def fit_decision(labels: np.ndarray, member_probs: list[np.ndarray], class_names: list[str], threshold: str,
                  calibrate: bool, fitted_on: str) -> Decision:
-    """Fit the temperature, then the threshold on the scaled probabilities (binary only)."""
-    calibration = fit_temperature(labels, probs) if calibrate else None
+    """Fit the temperature, then the threshold on the scaled, soft-voted probabilities (binary only).
+
+    ``member_probs`` holds each member's held-out probabilities on the same ``labels`` (one
+    array for a single model or for out-of-fold predictions). One temperature is fitted on
+    all of them, as every member's logits are divided by it in the exported graph.
+    """
+    pooled = np.concatenate(member_probs)
+    calibration = fit_temperature(np.tile(labels, len(member_probs)), pooled) if calibrate else None
     temperature = calibration.temperature if calibration else 1.0
-    scaled = scale(probs, temperature)
+    probs = np.mean(member_probs, axis=0)
+    scaled = np.mean([scale(p, temperature) for p in member_probs], axis=0)
     held_out = {"images": float(len(labels)), "nll_before": nll(labels, probs), "nll_after": nll(labels, scaled)}
     if len(class_names) != 2:
         return Decision(temperature, None, None, None, fitted_on, held_out)
@@ -96,12 +103,13 @@ def predicted_classes(probs: np.ndarray, threshold: float | None) -> np.ndarray:
     return (probs[:, 1] >= threshold).astype(np.int64)
 
 
-def test_report(decision: Decision, labels: np.ndarray, raw_probs: np.ndarray) -> dict[str, Any]:
+def test_report(decision: Decision, labels: np.ndarray, raw_probs: np.ndarray,
+                scaled: np.ndarray) -> dict[str, Any]:
     """What the decision gives on the test split (for metrics.json, the card and MLflow).
 
-    ``raw_probs`` are the network's uncalibrated softmax outputs on the test images.
+    ``raw_probs``: the (soft-voted) probabilities without temperature scaling; ``scaled``:
+    what the exported graphs output, with it.
     """
-    scaled = scale(raw_probs, decision.temperature)
     interval = auc_interval(labels, scaled)
     report: dict[str, Any] = {
         "auc": interval.auc, "auc_low": interval.low, "auc_high": interval.high, "auc_ci_method": interval.method,

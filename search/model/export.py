@@ -57,6 +57,14 @@ from search.model.decision import (
     predicted_classes,
     test_report,
 )
+from search.model.members import (
+    FinalModel,
+    Probabilities,
+    default_ensemble,
+    final_model,
+    parse_ensemble,
+    rebuild_model,
+)
 from search.model.files import (
     CARD_FILE,
     CONFIG_FILE,
@@ -68,6 +76,7 @@ from search.model.files import (
     ONNX_FILE,
     TORCHSCRIPT_FILE,
     WEIGHTS_FILE,
+    member_weights_file,
 )
 from search.records.studies import (
     BestTrial,
@@ -210,6 +219,8 @@ class ExportOptions:
         threshold: the decision-threshold rule (``youden``, ``sensitivity:0.95``...);
             None: the space's ``export.threshold``.
         calibrate: fit temperature scaling; None: the space's ``export.calibrate``.
+        ensemble: ``none``, ``folds`` or ``top-K`` (:mod:`search.model.members`); None:
+            ``folds`` when the best trial cross-validated, else ``none``.
     """
 
     directory: Path
@@ -219,31 +230,7 @@ class ExportOptions:
     metric: str | None = None
     threshold: str | None = None
     calibrate: bool | None = None
-
-
-class Probabilities(nn.Module):
-    """The network, its logits divided by the fitted temperature, then a softmax: what the
-    TorchScript and ONNX files compute."""
-
-    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.model = model
-        self.temperature = float(temperature)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x) / self.temperature, dim=1)
-
-
-def rebuild_model(config: TrialConfig, num_classes: int, data_channels: int) -> nn.Module:
-    """The trial's architecture on the CPU in eval mode, without fetching pretrained weights.
-
-    Its weights are about to be replaced, so ImageNet weights (hub or offline package)
-    are never loaded: exporting and predicting work on a machine with no model hub.
-    """
-    from trainables.models import build_model
-
-    scratch = dataclasses.replace(config, pretrained=False, device="cpu")
-    return build_model(scratch, num_classes=num_classes, in_chans=data_channels).eval()
+    ensemble: str | None = None
 
 
 def check_target(directory: Path, force: bool) -> None:
@@ -303,43 +290,13 @@ def study_data(client: Any, study: Study, log: Log) -> tuple[Any, str, ImageData
     return space, text, data
 
 
-def refit_model(config: TrialConfig, data: ImageDataset, epochs: int, log: Log) -> tuple[nn.Module, int]:
-    """Train ``config`` on train + val and stop after ``epochs`` epochs.
+def split_scores(labels: np.ndarray, probs: np.ndarray, prefix: str) -> dict[str, float]:
+    """Metrics of ``probs`` as a trial reports them (``<prefix>auc``..., cross-entropy as ``<prefix>loss``)."""
+    from trainables.metrics import classification_metrics
 
-    The run keeps the configured epoch count, so its learning-rate schedule follows the
-    same course as in the search, and stops at the best epoch: the refit model sees what
-    the best checkpoint saw, on more images. Validation scores printed meanwhile are on
-    images the model trains on and mean nothing.
-
-    Returns:
-        The model (CPU, eval mode) and the number of training images it used.
-    """
-    from trainables.checkpoint import load_checkpoint
-    from trainables.trial import run_trial
-
-    union = np.union1d(data.splits["train"], data.splits["val"]).astype(np.int64)
-    refit_data = dataclasses.replace(data, splits={**data.splits, "train": union})
-    used = training_images(config, data, union)
-    log(f"refit: training on train + val ({used} images) for {epochs} epochs")
-
-    class _Enough(Exception):
-        pass
-
-    def report(metrics: dict[str, float], _: Path | None) -> None:
-        log(f"refit epoch {int(metrics['epoch'])}: train_loss {metrics['train_loss']:.4f} "
-            f"({metrics['epoch_seconds']:.1f}s)")
-        if metrics["epoch"] >= epochs:
-            raise _Enough
-
-    with tempfile.TemporaryDirectory(prefix="medtune-refit-") as tmp:
-        try:
-            run_trial(config, refit_data, report=report, checkpoint_dir=tmp)
-        except _Enough:
-            pass
-        saved = load_checkpoint(tmp)
-    model = rebuild_model(config, data.num_classes, data.channels)
-    model.load_state_dict(saved["model"])
-    return model, used
+    scores = classification_metrics(labels, probs, prefix=prefix)
+    scores[f"{prefix}loss"] = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
+    return scores
 
 
 def evaluate_split(model: nn.Module, spec: InputSpec, data: ImageDataset, split: str,
@@ -351,9 +308,10 @@ def evaluate_split(model: nn.Module, spec: InputSpec, data: ImageDataset, split:
     return metrics, probs, data.labels[data.splits[split]]
 
 
-def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor,
-                   metadata: dict[str, str], temperature: float = 1.0) -> dict[str, float]:
-    """Write safetensors, TorchScript and ONNX; return each format's max abs difference to PyTorch.
+def write_networks(directory: Path, networks: list[nn.Module], sample: torch.Tensor,
+                   metadata: list[dict[str, str]], temperature: float = 1.0) -> dict[str, float]:
+    """Write each member's safetensors and the TorchScript and ONNX graphs of the soft vote;
+    return each format's max abs difference to PyTorch.
 
     Raises:
         ExportError: a reloaded format disagrees with PyTorch beyond ``FORMAT_TOLERANCE``.
@@ -361,14 +319,18 @@ def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor,
     import onnxruntime
     from safetensors.torch import load_model, save_model
 
-    model = model.eval()
-    wrapped = Probabilities(model, temperature).eval()
+    wrapped = Probabilities([n.eval() for n in networks], temperature).eval()
     with torch.no_grad():
         expected = wrapped(sample).numpy()
-    save_model(model, str(directory / WEIGHTS_FILE), metadata=metadata)
-    reloaded = rebuild_model(TrialConfig.from_dict(json.loads(metadata["trial_config"])),
-                             int(metadata["num_classes"]), int(metadata["data_channels"]))
-    load_model(reloaded, str(directory / WEIGHTS_FILE))
+    reloaded = []
+    for index, (network, meta) in enumerate(zip(networks, metadata)):
+        path = str(directory / member_weights_file(index))
+        save_model(network, path, metadata=meta)
+        again = rebuild_model(TrialConfig.from_dict(json.loads(meta["trial_config"])), int(meta["num_classes"]),
+                              int(meta["data_channels"]))
+        load_model(again, path)
+        reloaded.append(again)
+    backbones = ", ".join(sorted({m["backbone"] for m in metadata}))
     with warnings.catch_warnings():
         # torch 2.14 marks torch.jit deprecated; TorchScript is still what LibTorch (C++) serving loads.
         warnings.simplefilter("ignore")
@@ -377,14 +339,14 @@ def write_networks(directory: Path, model: nn.Module, sample: torch.Tensor,
             torch.jit.save(traced, str(directory / TORCHSCRIPT_FILE))
             scripted = torch.jit.load(str(directory / TORCHSCRIPT_FILE))
         except Exception as err:  # noqa: BLE001 - tracing fails in many ways for unusual modules
-            raise ExportError(f"TorchScript tracing of backbone {metadata['backbone']!r} failed "
+            raise ExportError(f"TorchScript tracing of backbone {backbones!r} failed "
                               f"({type(err).__name__}: {err}); please report this backbone") from err
         try:
             torch.onnx.export(wrapped, (sample[:2],), str(directory / ONNX_FILE), input_names=["images"],
                               output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch")},),
                               dynamo=True, external_data=False, verbose=False)
         except Exception as err:  # noqa: BLE001 - torch.export / onnxscript raise many error types
-            raise ExportError(f"ONNX export of backbone {metadata['backbone']!r} failed "
+            raise ExportError(f"ONNX export of backbone {backbones!r} failed "
                               f"({type(err).__name__}: {err}); please report this backbone") from err
     session = onnxruntime.InferenceSession(str(directory / ONNX_FILE), providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -428,66 +390,6 @@ def search_timing(client: Any, study: Study) -> dict[str, Any]:
     return {"trials": len(runs), "states": counts, "wall_seconds": wall, "trial_seconds": trial_seconds}
 
 
-def trial_config(study: Study, best: BestTrial) -> TrialConfig:
-    """The best trial's exact config: from one of its checkpoints, else its MLflow params."""
-    from search.records.studies import checkpoint_epochs, trial_directory
-    from trainables.checkpoint import load_checkpoint
-
-    try:
-        folders = checkpoint_epochs(trial_directory(study, best.trial_id))
-    except StudyError:
-        folders = {}
-    if folders:
-        return TrialConfig.from_dict(load_checkpoint(next(iter(folders.values()))[0])["config"])
-    return TrialConfig.from_dict(dict(best.params))
-
-
-def training_images(config: TrialConfig, data: ImageDataset, pool: np.ndarray) -> int:
-    """How many images of ``pool`` a trial trains on (its ``train_fraction`` subsample)."""
-    from trainables.data.splits import subsample_train
-
-    if config.train_fraction >= 1.0:
-        return len(pool)
-    return len(subsample_train(pool, data.labels, config.train_fraction, config.seed))
-
-
-@dataclass
-class FinalModel:
-    """The network to export and where it came from.
-
-    Attributes:
-        network: on the CPU, in eval mode.
-        config: its trial config.
-        train_images: images it was trained on.
-        epochs: epochs it was trained for (the checkpoint's epoch, or the refit's).
-        checkpoint: the checkpoint folder it was loaded from (None after a refit).
-    """
-
-    network: nn.Module
-    config: TrialConfig
-    train_images: int
-    epochs: int
-    checkpoint: Path | None
-
-
-def final_model(study: Study, best: BestTrial, data: ImageDataset, refit: bool, log: Log) -> FinalModel:
-    """The model to export: the best trial's best checkpoint, or a refit on train + val."""
-    from trainables.checkpoint import load_checkpoint
-
-    if refit:
-        config = trial_config(study, best)
-        network, used = refit_model(config, data, best.epoch, log)
-        return FinalModel(network.cpu().eval(), config, used, best.epoch, None)
-    folder, epoch = best_checkpoint(study, best)
-    saved = load_checkpoint(folder)
-    config = TrialConfig.from_dict(saved["config"])
-    network = rebuild_model(config, data.num_classes, data.channels)
-    network.load_state_dict(saved["model"])
-    tie = f" (it ties epoch {best.epoch}, whose checkpoint Tune did not keep)" if epoch != best.epoch else ""
-    log(f"best checkpoint: epoch {epoch} of trial {best.trial_id}{tie} ({folder})")
-    return FinalModel(network.eval(), config, training_images(config, data, data.splits["train"]), epoch, folder)
-
-
 def input_size(spec: InputSpec, stored: tuple[int, int]) -> int:
     """Side ``S`` of the network input for images stored at ``stored`` (as prepare_batch does it)."""
     crop = min(spec.crop_size or min(stored), *stored)
@@ -514,8 +416,11 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
             "data_channels": data.channels,
             "input": f"float32 (B, {spec.in_chans}, {size}, {size}): images after `preprocess`",
             "output": "torchscript and onnx: class probabilities (B, num_classes), temperature-scaled "
-                      "(decision.temperature); safetensors weights: the network's logits, before that scaling",
+                      "(decision.temperature) and averaged over the ensemble's members; each safetensors file: "
+                      "one member's logits, before that scaling",
         },
+        "ensemble": {"kind": str(final.ensemble), "members": [
+            {"weights": member_weights_file(i), **member.describe()} for i, member in enumerate(final.members)]},
         "preprocess": {
             "stored_size": list(stored),
             "image_size": space.data.image_size,
@@ -551,20 +456,37 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
     }
 
 
-def export_decision(study: Study, best: BestTrial, space: Any, data: ImageDataset, options: ExportOptions,
+def export_decision(study: Study, final: FinalModel, space: Any, data: ImageDataset, options: ExportOptions,
                     log: Log) -> Decision:
-    """Temperature and threshold fitted on the best trial's validation predictions at its checkpoint epoch.
+    """Temperature and threshold fitted on the members' held-out predictions at their checkpoint epochs.
 
-    A refit model trains on the validation images, so its own predictions on them mean
-    nothing: the search checkpoint's predictions fit the decision either way.
+    One model or a fold ensemble: the best trial's validation predictions, out-of-fold when
+    it cross-validated (each image scored by the fold model that never saw it). Top-K: every
+    member's predictions on the same validation split. A refit model trains on the
+    validation images, so the search checkpoints' predictions fit the decision either way.
     """
+
     threshold = options.threshold if options.threshold is not None else space.export.threshold
     calibrate = options.calibrate if options.calibrate is not None else space.export.calibrate
-    folder, epoch = best_checkpoint(study, best)
-    labels, probs = held_out_predictions(folder)
-    fitted_on = f"validation predictions of trial {best.trial_id} at epoch {epoch} ({len(labels)} images)"
+    trials = [final.members[0].trial] if final.ensemble.kind != "top" else [m.trial for m in final.members]
+    held_out = []
+    for trial in trials:
+        folder, epoch = best_checkpoint(study, trial)
+        held_out.append((trial, epoch, *held_out_predictions(folder)))
+    labels = held_out[0][2]
+    if any(len(h[2]) != len(labels) or not np.array_equal(h[2], labels) for h in held_out):
+        raise ExportError("the top-K members' validation predictions are not on the same images (trials of "
+                          "another split or fold count); use --ensemble none")
+    from trainables.data.folds import fold_pool
+
+    # a cross-validated trial's held-out predictions cover train + val; a single split's, val only
+    oof = len(labels) == len(fold_pool(data.splits)) != len(data.splits["val"])
+    kind = "out-of-fold predictions" if oof else "validation predictions"
+    fitted_on = (f"{kind} of trial {trials[0].trial_id} at epoch {held_out[0][1]} ({len(labels)} images)"
+                 if len(held_out) == 1 else
+                 f"validation predictions of the {len(held_out)} members ({len(labels)} images each)")
     try:
-        return fit_decision(labels, probs, list(data.class_names), threshold, calibrate, fitted_on)
+        return fit_decision(labels, [h[3] for h in held_out], list(data.class_names), threshold, calibrate, fitted_on)
     except DecisionError as err:
         raise ExportError(str(err)) from None
 
@@ -627,37 +549,45 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     if len(data.splits["test"]) == 0:
         raise StudyError(f"the data of study {study.name!r} has no test split (data.test_fraction 0), so the "
                          "final model cannot be tested; run the study on data with a held-out test split")
-    decision = export_decision(study, best, space, data, options, log)
-    final = final_model(study, best, data, options.refit, log)
+    ensemble = parse_ensemble(options.ensemble) if options.ensemble else default_ensemble(study, best)
+    final = final_model(study, best, data, options.refit, ensemble, log)
+    decision = export_decision(study, final, space, data, options, log)
     model, config = final.network, final.config
     spec = input_spec_for(config, data, model)
 
-    test, probs, labels = evaluate_split(model, spec, data, "test", config.eval_batch("cpu"))
+    # each member's probabilities on test; the export's are their (temperature-scaled) mean
+    member_probs = [evaluate_split(m.network, spec, data, "test", m.config.eval_batch("cpu"))[1] for m in final.members]
+    labels = data.labels[data.splits["test"]]
+    probs = np.mean(member_probs, axis=0)
+    calibrated = np.mean([scale(p, decision.temperature) for p in member_probs], axis=0)
+    test = split_scores(labels, probs, "test_")
     # at the export's decision (the threshold of a binary model), as `search predict` decides
-    decisions = predicted_classes(scale(probs, decision.temperature), decision.threshold)
+    decisions = predicted_classes(calibrated, decision.threshold)
     matrix = confusion_matrix(labels, decisions, labels=list(range(data.num_classes))).tolist()
     # The scores are about to be seen: this counts as a use of the test split even if the export fails later.
     test_uses = count_test_use(client, study)
     log("test: " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in test.items()) + f"  ({len(labels)} images; use "
         f"{test_uses} of this study's test split)")
     config_json = export_config(space, data, final, spec, study, best, decision)
-    decided = test_report(decision, labels, probs)
+    decided = test_report(decision, labels, probs, calibrated)
+    if len(member_probs) > 1:
+        decided["members_auc"] = [split_scores(labels, p, "")["auc"] for p in member_probs]
     log(describe_decision(decision, decided))
     summary: dict[str, Any] = {
         "test": test, "decision": decision.to_dict(), "test_decision": decided, "test_confusion_matrix": matrix,
-        "validation": validation_metrics(client, best),
+        "validation": validation_metrics(client, best), "ensemble": config_json["ensemble"],
         "test_uses": test_uses, "data_skipped": skipped_images(client, study, data, log),
         "split_sizes": data.split_sizes(), "train_images": final.train_images, "refit": options.refit,
         "search": search_timing(client, study), "best": dataclasses.asdict(best),
     }
     sample = prepare_batch(torch.from_numpy(data.images[data.splits["test"][:CHECK_IMAGES]]), spec)
-    metadata = {"format": EXPORT_FORMAT, "backbone": config.backbone, "trial_config": json.dumps(config.to_dict()),
-                "num_classes": str(data.num_classes), "data_channels": str(data.channels),
-                "class_names": json.dumps(list(data.class_names))}
+    metadata = [{"format": EXPORT_FORMAT, "backbone": m.config.backbone,
+                 "trial_config": json.dumps(m.config.to_dict()), "num_classes": str(data.num_classes),
+                 "data_channels": str(data.channels), "class_names": json.dumps(list(data.class_names))}
+                for m in final.members]
     point = None if decision.threshold is None else (decision.threshold, decided["sensitivity"],
                                                       decided["specificity"])
-    plots = roc_and_confusion_png(labels, scale(probs, decision.temperature), list(data.class_names), "test split",
-                                  point)
+    plots = roc_and_confusion_png(labels, calibrated, list(data.class_names), "test split", point)
     plots[RELIABILITY_FILE] = reliability_png(decided["reliability_before"], decided["reliability"], "test split")
 
     # Everything is written to a staging folder and renamed at the end: a failed export
@@ -665,7 +595,8 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        summary["format_max_abs_diff"] = write_networks(staging, model, sample, metadata, decision.temperature)
+        summary["format_max_abs_diff"] = write_networks(staging, [m.network for m in final.members], sample, metadata,
+                                                        decision.temperature)
         log("reloaded formats vs PyTorch, max abs difference in probabilities: " + ", ".join(
             f"{k} {v:.1e}" for k, v in summary["format_max_abs_diff"].items()))
         for name, content in plots.items():

@@ -7,6 +7,11 @@ when the export is loaded.
 EXPORT_FORMAT = "medtune-model"
 EXPORT_VERSION = 3  # 3: config.json's decision (temperature, threshold); 2: manifest.json with every file's SHA-256 (1: none)
 WEIGHTS_FILE = "model.safetensors"
+
+
+def member_weights_file(index: int) -> str:
+    """The safetensors file of ensemble member ``index`` (member 0, the best trial's, is ``WEIGHTS_FILE``)."""
+    return WEIGHTS_FILE if index == 0 else f"member_{index}.safetensors"
 CONFIG_FILE = "config.json"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 ONNX_FILE = "model.onnx"

@@ -84,6 +84,7 @@ class ExportedModel:
     config: dict[str, Any]
     network: nn.Module
     spec: InputSpec
+    members: list[nn.Module] | None = None  # an ensemble's networks (``network`` is the first); None: one
 
     @property
     def class_names(self) -> list[str]:
@@ -115,7 +116,8 @@ class ExportedModel:
         out = []
         for start in range(0, len(images), batch_size):
             x = prepare_batch(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])), self.spec)
-            out.append(torch.softmax(self.network(x) / self.temperature, dim=1).numpy())
+            members = self.members or [self.network]
+            out.append(torch.stack([torch.softmax(m(x) / self.temperature, dim=1) for m in members]).mean(0).numpy())
         probs = np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
         bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
         if len(bad):
@@ -201,8 +203,9 @@ def check_config(config: dict[str, Any], directory: Path) -> None:
                                             f"trial_config.backbone {backbone!r}")
 
 
-def check_weights_metadata(config: dict[str, Any], directory: Path) -> None:
-    """Refuse a ``config.json`` that describes another network than ``model.safetensors`` holds.
+def check_weights_metadata(config: dict[str, Any], directory: Path, weights: str = WEIGHTS_FILE,
+                           trial_config: dict[str, Any] | None = None) -> None:
+    """Refuse a ``config.json`` that describes another network than ``weights`` holds.
 
     The weights file records, in its metadata, the backbone, trial config, number of
     classes and channels it was saved with; a config edited since (another backbone,
@@ -211,16 +214,17 @@ def check_weights_metadata(config: dict[str, Any], directory: Path) -> None:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as handle:
+        with safe_open(str(directory / weights), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a damaged header
-        raise PredictError(str(altered_export(directory, WEIGHTS_FILE,
+        raise PredictError(str(altered_export(directory, weights,
                                               f"unreadable: {type(err).__name__}: {err}"))) from None
     model = config["model"]
+    trial_config = config["trial_config"] if trial_config is None else trial_config
     # Class names are not compared: renaming them is harmless, and their count is checked
     # against num_classes (compared here) by check_config.
-    expected = {"backbone": model["backbone"], "num_classes": model["num_classes"],
-                "data_channels": model["data_channels"], "trial_config": config["trial_config"]}
+    expected = {"backbone": trial_config.get("backbone"), "num_classes": model["num_classes"],
+                "data_channels": model["data_channels"], "trial_config": trial_config}
     for key, value in expected.items():
         if key not in metadata:  # metadata is all strings: the trial config as JSON, numbers as text
             continue
@@ -233,7 +237,7 @@ def check_weights_metadata(config: dict[str, Any], directory: Path) -> None:
             same = metadata[key] == str(value)
         if not same:
             shown = metadata[key] if key != "trial_config" else "another trial config"
-            raise PredictError(f"{directory / CONFIG_FILE} does not describe the network in {WEIGHTS_FILE}: its "
+            raise PredictError(f"{directory / CONFIG_FILE} does not describe the network in {weights}: its "
                                f"{key} is {value!r}, but the weights were saved with {shown!r}; re-export it with "
                                f"{reexport_command(directory, config['study'].get('name'))}")
 
@@ -249,7 +253,6 @@ def load_exported(directory: str | Path, warn: Log = _warn) -> ExportedModel:
         PredictError: not an export, a file missing or changed since export, a config
             that cannot work, or weights that do not fit it; each message names the fix.
     """
-    from safetensors.torch import load_model
 
     directory = Path(directory)
     try:
@@ -273,30 +276,50 @@ def load_exported(directory: str | Path, warn: Log = _warn) -> ExportedModel:
         warn(f"{directory} was exported before medtune wrote {MANIFEST_FILE}, so its files cannot be verified; "
              f"re-export it with {reexport_command(directory, study.get('name'))} to add checksums")
     check_config(config, directory)
-    if not (directory / WEIGHTS_FILE).is_file():
-        raise PredictError(str(altered_export(directory, WEIGHTS_FILE, "missing")))
-    check_weights_metadata(config, directory)
-    model, pre = config["model"], config["preprocess"]
+    pre = config["preprocess"]
     spec = InputSpec(crop_size=pre["crop_size"], input_size=pre["input_size"], in_chans=pre["in_chans"],
                      mean=tuple(float(m) for m in pre["mean"]), std=tuple(float(v) for v in pre["std"]))
+    # member 0 is the best trial's network, described by the top-level trial_config; others by their own entry
+    listed = (config.get("ensemble") or {}).get("members") or []
+    if not isinstance(listed, list):
+        raise PredictError(f"{directory / CONFIG_FILE}: ensemble.members must be a list, but is {listed!r}; "
+                           f"re-export it with {reexport_command(directory, study.get('name'))}")
+    members = [{"weights": WEIGHTS_FILE, "trial_config": config["trial_config"]}, *listed[1:]]
+    networks = [_load_member(directory, config, member, spec) for member in members]
+    return ExportedModel(directory, config, networks[0], spec, networks if len(networks) > 1 else None)
+
+
+def _load_member(directory: Path, config: dict[str, Any], member: dict[str, Any], spec: InputSpec) -> nn.Module:
+    """One network of an export, rebuilt from its trial config and checked against its weights file."""
+    from safetensors.torch import load_model
+
+    fix = f"re-export it with {reexport_command(directory, config['study'].get('name'))}"
+    weights = member.get("weights")
+    if not isinstance(weights, str) or Path(weights).name != weights or not isinstance(member.get("trial_config"),
+                                                                                        dict):
+        raise PredictError(f"{directory / CONFIG_FILE} lists an ensemble member without a weights file name in "
+                           f"the export folder and a trial_config ({member!r}); {fix}")
+    if not (directory / weights).is_file():
+        raise PredictError(str(altered_export(directory, weights, "missing")))
+    check_weights_metadata(config, directory, weights, member["trial_config"])
+    model = config["model"]
+    backbone = member["trial_config"].get("backbone")
     try:
-        network = rebuild_model(TrialConfig.from_dict(config["trial_config"]), model["num_classes"],
+        network = rebuild_model(TrialConfig.from_dict(member["trial_config"]), model["num_classes"],
                                 model["data_channels"])
-        load_model(network, str(directory / WEIGHTS_FILE))
+        load_model(network, str(directory / weights))
         with torch.no_grad():  # one blank input: the shapes config.json promises must go through
-            outputs = network.eval()(torch.zeros(1, pre["in_chans"], pre["input_size"], pre["input_size"])).shape
+            outputs = network.eval()(torch.zeros(1, spec.in_chans, spec.input_size, spec.input_size)).shape
     except Exception as err:  # noqa: BLE001 - timm, torch and safetensors raise many types for a mismatch
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise PredictError(f"the network described by {directory / CONFIG_FILE} (backbone "
-                           f"{model['backbone']!r}, {model['num_classes']} classes, input {pre['in_chans']}x"
-                           f"{pre['input_size']}x{pre['input_size']}) cannot be built or does not fit "
-                           f"{WEIGHTS_FILE} ({type(err).__name__}: {first[:300]}); re-export it with "
-                           f"{reexport_command(directory, study.get('name'))}") from None
+                           f"{backbone!r}, {model['num_classes']} classes, input {spec.in_chans}x"
+                           f"{spec.input_size}x{spec.input_size}) cannot be built or does not fit "
+                           f"{weights} ({type(err).__name__}: {first[:300]}); {fix}") from None
     if tuple(outputs) != (1, len(model["class_names"])):
         raise PredictError(f"the network of {directory} outputs shape {tuple(outputs)} for one image, but "
-                           f"{CONFIG_FILE} names {len(model['class_names'])} classes; re-export it with "
-                           f"{reexport_command(directory, study.get('name'))}")
-    return ExportedModel(directory, config, network, spec)
+                           f"{CONFIG_FILE} names {len(model['class_names'])} classes; {fix}")
+    return network
 
 
 @dataclass

@@ -269,16 +269,40 @@ def best_trial(client: MlflowClient, study: Study, metric: str | None = None) ->
             reason = f"; the first error: {error}" if error else ""
         raise StudyError(f"study {study.name!r} has no finished trial with a {metric} ({found}){reason}; "
                          "fix the space and run a new study (or `search run SPACE --resume` if it was interrupted)")
-    row = finished.iloc[0]
+    return _trial_of(client, finished.iloc[0], metric, mode), table
+
+
+def finished_trials(client: MlflowClient, study: Study, metric: str | None = None) -> list[BestTrial]:
+    """Every finished trial with a score, best first."""
+    best, table = best_trial(client, study, metric)
+    finished = table[table["state"].isin(FINISHED_STATES) & table[best.metric].notna() & table["best_epoch"].notna()]
+    return [best] + [_trial_of(client, row, best.metric, best.mode) for _, row in finished.iloc[1:].iterrows()]
+
+
+def top_trials(client: MlflowClient, study: Study, k: int, metric: str | None = None) -> list[BestTrial]:
+    """The ``k`` best finished trials, best first (the members of a top-K ensemble).
+
+    Raises:
+        StudyError: fewer than ``k`` trials finished (the message says how many did).
+    """
+    finished = finished_trials(client, study, metric)
+    if len(finished) < k:
+        raise StudyError(f"--ensemble top-{k} needs {k} finished trials, but study {study.name!r} has "
+                         f"{len(finished)}; use --ensemble top-{max(len(finished), 2)} (if at least 2 finished), "
+                         "--ensemble none, or run more trials with `search run SPACE --resume`")
+    return finished[:k]
+
+
+def _trial_of(client: MlflowClient, row: Any, metric: str, mode: str) -> BestTrial:
+    """The :class:`BestTrial` of one leaderboard row."""
     run = client.get_run(row["run_id"])
     searched = json.loads(run.data.tags.get(SEARCHED_TAG, "[]"))
     # The full-precision settings (params are rounded for display); older runs lack the tag.
     params = {k: param_text(v) for k, v in json.loads(run.data.tags[CONFIG_TAG]).items()} \
         if CONFIG_TAG in run.data.tags else dict(run.data.params)
-    best = BestTrial(trial_id=str(row["trial_id"]), run_id=str(row["run_id"]), metric=metric, mode=mode,
+    return BestTrial(trial_id=str(row["trial_id"]), run_id=str(row["run_id"]), metric=metric, mode=mode,
                      value=float(row[metric]), epoch=int(row["best_epoch"]), state=str(row["state"]),
                      epochs_run=int(row["epochs_run"]), params=params, searched=searched)
-    return best, table
 
 
 def trial_directory(study: Study, trial_id: str) -> Path:
@@ -340,5 +364,5 @@ def best_checkpoint(study: Study, best: BestTrial) -> tuple[Path, int]:
 __all__ = [
     "FINISHED_STATES", "BestTrial", "Study", "StudyError", "Summary", "best_checkpoint", "best_trial",
     "checkpoint_epochs", "child_runs", "find_study", "list_studies", "parent_run", "ranked_trials",
-    "storage_root", "study_folders", "study_metric", "summarize", "trial_directory",
+    "storage_root", "study_folders", "study_metric", "summarize", "top_trials", "finished_trials", "trial_directory",
 ]

@@ -1,0 +1,333 @@
+"""Which networks an export holds: the best trial's model, its fold models, or the top-K trials.
+
+``search best NAME --export DIR --ensemble folds|top-K|none`` chooses:
+
+- ``none``: one network, the best trial's checkpoint of its selected epoch (for a
+  cross-validated trial, the model of fold 0, trained on the other folds).
+- ``folds`` (the default when the best trial cross-validated): the K fold models of the
+  best trial, each trained on a different (K-1)/K of train + val, soft-voted.
+- ``top-K``: the best checkpoints of the K best trials that share the best trial's
+  preprocessing (crop, input size, channels, normalisation), so one preprocessed batch
+  feeds every member; trials with other preprocessing are skipped, with a line saying so.
+
+Soft voting averages the members' temperature-scaled probabilities
+(:class:`Probabilities`), which is also what the TorchScript and ONNX graphs compute.
+``--refit`` retrains: each top-K member on train + val; for ``folds`` one model on train +
+val (the K fold models would all be the same configuration trained on the same images).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.records.studies import BestTrial, Study, StudyError, best_checkpoint, top_trials
+from trainables.augment import InputSpec
+from trainables.config import TrialConfig
+from trainables.data import ImageDataset
+
+Log = Callable[[str], None]
+
+
+class Probabilities(nn.Module):
+    """The members' logits divided by the fitted temperature, softmaxed and averaged: what the
+    TorchScript and ONNX files compute (one member: that network's scaled probabilities)."""
+
+    def __init__(self, models: nn.Module | list[nn.Module], temperature: float = 1.0) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models if isinstance(models, list) else [models])
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = [torch.softmax(member(x) / self.temperature, dim=1) for member in self.members]
+        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(dim=0)
+
+
+@dataclass(frozen=True)
+class EnsembleChoice:
+    """A parsed ``--ensemble``: ``kind`` is none, folds or top; ``k`` the member count of top-K."""
+
+    kind: str
+    k: int = 1
+
+    def __str__(self) -> str:
+        return f"top-{self.k}" if self.kind == "top" else self.kind
+
+
+def parse_ensemble(text: str) -> EnsembleChoice:
+    """``none``, ``folds`` or ``top-K`` (K >= 2).
+
+    Raises:
+        ValueError: anything else, naming the choices.
+    """
+    raw = str(text).strip().lower()
+    if raw in ("none", "folds"):
+        return EnsembleChoice(raw)
+    match = re.fullmatch(r"top-?(\d+)", raw)
+    if match and int(match.group(1)) >= 2:
+        return EnsembleChoice("top", int(match.group(1)))
+    raise ValueError(f"--ensemble {text!r} is not a choice: use none, folds (the best trial's fold models) "
+                     "or top-K with K >= 2 (the K best trials), e.g. --ensemble top-5")
+
+
+def rebuild_model(config: TrialConfig, num_classes: int, data_channels: int) -> nn.Module:
+    """The trial's architecture on the CPU in eval mode, without fetching pretrained weights.
+
+    Its weights are about to be replaced, so ImageNet weights (hub or offline package)
+    are never loaded: exporting and predicting work on a machine with no model hub.
+    """
+    from trainables.models import build_model
+
+    scratch = dataclasses.replace(config, pretrained=False, device="cpu")
+    return build_model(scratch, num_classes=num_classes, in_chans=data_channels).eval()
+
+
+def training_images(config: TrialConfig, data: ImageDataset, pool: np.ndarray) -> int:
+    """How many images of ``pool`` a trial trains on (its ``train_fraction`` subsample)."""
+    from trainables.data.splits import subsample_train
+
+    if config.train_fraction >= 1.0:
+        return len(pool)
+    return len(subsample_train(pool, data.labels, config.train_fraction, config.seed))
+
+
+def refit_model(config: TrialConfig, data: ImageDataset, epochs: int, log: Log) -> tuple[nn.Module, int]:
+    """Train ``config`` on train + val (one model, no folds) and stop after ``epochs`` epochs.
+
+    The run keeps the configured epoch count, so its learning-rate schedule follows the
+    same course as in the search, and stops at the best epoch: the refit model sees what
+    the best checkpoint saw, on more images. Validation scores printed meanwhile are on
+    images the model trains on and mean nothing.
+
+    Returns:
+        The model (CPU, eval mode) and the number of training images it used.
+    """
+    from trainables.checkpoint import load_checkpoint
+    from trainables.trial import run_trial
+
+    config = dataclasses.replace(config, cv_folds=1)
+    union = np.union1d(data.splits["train"], data.splits["val"]).astype(np.int64)
+    refit_data = dataclasses.replace(data, splits={**data.splits, "train": union})
+    used = training_images(config, data, union)
+    log(f"refit: training on train + val ({used} images) for {epochs} epochs")
+
+    class _Enough(Exception):
+        pass
+
+    def report(metrics: dict[str, float], _: Path | None) -> None:
+        log(f"refit epoch {int(metrics['epoch'])}: train_loss {metrics['train_loss']:.4f} "
+            f"({metrics['epoch_seconds']:.1f}s)")
+        if metrics["epoch"] >= epochs:
+            raise _Enough
+
+    with tempfile.TemporaryDirectory(prefix="medtune-refit-") as tmp:
+        try:
+            run_trial(config, refit_data, report=report, checkpoint_dir=tmp)
+        except _Enough:
+            pass
+        saved = load_checkpoint(tmp)
+    model = rebuild_model(config, data.num_classes, data.channels)
+    model.load_state_dict(saved["model"])
+    return model, used
+
+
+def trial_config(study: Study, best: BestTrial) -> TrialConfig:
+    """The best trial's exact config: from one of its checkpoints, else its MLflow params."""
+    from search.records.studies import checkpoint_epochs, trial_directory
+    from trainables.checkpoint import load_checkpoint
+
+    try:
+        folders = checkpoint_epochs(trial_directory(study, best.trial_id))
+    except StudyError:
+        folders = {}
+    if folders:
+        return TrialConfig.from_dict(load_checkpoint(next(iter(folders.values()))[0])["config"])
+    return TrialConfig.from_dict(dict(best.params))
+
+
+@dataclass
+class Member:
+    """One network of an export.
+
+    Attributes:
+        network: on the CPU, in eval mode.
+        config: its trial config.
+        trial: the trial it comes from.
+        train_images: images it was trained on.
+        epochs: epochs it was trained for (the checkpoint's epoch, or the refit's).
+        checkpoint: the checkpoint folder it was loaded from (None after a refit).
+        fold: its fold of a cross-validated trial (None otherwise).
+    """
+
+    network: nn.Module
+    config: TrialConfig
+    trial: BestTrial
+    train_images: int
+    epochs: int
+    checkpoint: Path | None
+    fold: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """Its line in ``config.json``'s ``ensemble.members`` (without the weights file name)."""
+        return {"trial_id": self.trial.trial_id, "run_id": self.trial.run_id, "fold": self.fold,
+                "epoch": self.epochs, "validation": {self.trial.metric: self.trial.value},
+                "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "train_images": self.train_images, "trial_config": self.config.to_dict()}
+
+
+@dataclass
+class FinalModel:
+    """The networks to export (one unless an ensemble) and how they were chosen.
+
+    ``network``, ``config``, ``train_images``, ``epochs`` and ``checkpoint`` are those of
+    the first member, the best trial's.
+    """
+
+    members: list[Member]
+    ensemble: EnsembleChoice
+
+    @property
+    def network(self) -> nn.Module:
+        return self.members[0].network
+
+    @property
+    def config(self) -> TrialConfig:
+        return self.members[0].config
+
+    @property
+    def train_images(self) -> int:
+        return self.members[0].train_images
+
+    @property
+    def epochs(self) -> int:
+        return self.members[0].epochs
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.members[0].checkpoint
+
+    def probabilities(self) -> Probabilities:
+        """The soft-voting module of the members at temperature 1."""
+        return Probabilities([m.network for m in self.members])
+
+
+def default_ensemble(study: Study, best: BestTrial) -> EnsembleChoice:
+    """``folds`` when the best trial cross-validated (its config has cv_folds > 1), else ``none``."""
+    return EnsembleChoice("folds") if trial_config(study, best).cv_folds > 1 else EnsembleChoice("none")
+
+
+def _checkpoint_member(study: Study, trial: BestTrial, data: ImageDataset, log: Log) -> tuple[dict, Member]:
+    """The trial's checkpoint of its selected epoch (or a tie) and its first network."""
+    from trainables.checkpoint import load_checkpoint
+
+    folder, epoch = best_checkpoint(study, trial)
+    saved = load_checkpoint(folder)
+    config = TrialConfig.from_dict(saved["config"])
+    network = rebuild_model(config, data.num_classes, data.channels)
+    network.load_state_dict(saved["model"])
+    tie = f" (it ties epoch {trial.epoch}, whose checkpoint Tune did not keep)" if epoch != trial.epoch else ""
+    log(f"checkpoint: epoch {epoch} of trial {trial.trial_id}{tie} ({folder})")
+    used = training_images(config, data, data.splits["train"])
+    return saved, Member(network.eval(), config, trial, used, epoch, folder)
+
+
+def fold_members(study: Study, best: BestTrial, data: ImageDataset, log: Log) -> list[Member]:
+    """The best trial's K fold models (``--ensemble folds``).
+
+    Raises:
+        StudyError: the best trial did not cross-validate.
+    """
+    from trainables.data.folds import fold_pool
+    from trainables.trial import fold_models
+
+    saved, first = _checkpoint_member(study, best, data, log)
+    weights = fold_models(saved)
+    if len(weights) < 2:
+        raise StudyError(f"--ensemble folds needs a cross-validated trial, but trial {best.trial_id} of study "
+                         f"{study.name!r} trained one model (cv_folds 1); use --ensemble top-K, or run a study with "
+                         "`tune: {cv_folds: 5}` (or --cv 5)")
+    pool = len(fold_pool(data.splits))
+    members = []
+    for k, state in enumerate(weights):
+        network = rebuild_model(first.config, data.num_classes, data.channels)
+        network.load_state_dict(state)
+        members.append(dataclasses.replace(first, network=network.eval(), fold=k,
+                                           train_images=pool - pool // len(weights)))
+    log(f"ensemble: the {len(members)} fold models of trial {best.trial_id}")
+    return members
+
+
+def top_configs(study: Study, best: BestTrial, k: int, data: ImageDataset,
+                log: Log) -> list[tuple[BestTrial, TrialConfig]]:
+    """The ``k`` best trials sharing the best trial's preprocessing, with their configs (``top-K``).
+
+    Raises:
+        StudyError: fewer than ``k`` finished trials, or fewer than ``k`` with that preprocessing.
+    """
+    from search.records.studies import finished_trials
+    from trainables.trial import input_spec_for
+
+    client = study.client()
+    top_trials(client, study, k, best.metric)  # refuses fewer than k finished trials
+    chosen: list[tuple[BestTrial, TrialConfig]] = []
+    spec: InputSpec | None = None
+    for trial in finished_trials(client, study, best.metric):
+        config = trial_config(study, trial)
+        trial_spec = input_spec_for(config, data, rebuild_model(config, data.num_classes, data.channels))
+        if spec is None:
+            spec = trial_spec
+        elif trial_spec != spec:
+            log(f"ensemble: skipped trial {trial.trial_id} ({trial.metric} {trial.value:.4f}): its preprocessing "
+                f"{trial_spec} differs from the best trial's {spec}, and all members take one batch")
+            continue
+        chosen.append((trial, config))
+        if len(chosen) == k:
+            return chosen
+    fix = f"use --ensemble top-{len(chosen)}" if len(chosen) >= 2 else "use --ensemble none"
+    raise StudyError(f"--ensemble top-{k}: only {len(chosen)} finished trials share the best trial's preprocessing "
+                     f"(crop, input size, channels, normalisation); {fix}")
+
+
+def final_model(study: Study, best: BestTrial, data: ImageDataset, refit: bool, ensemble: EnsembleChoice,
+                log: Log) -> FinalModel:
+    """The networks to export: checkpoints of the chosen members, or their refits on train + val."""
+    if refit:
+        if ensemble.kind == "folds":
+            log("refit of a fold ensemble: one model on train + val (the fold models would all be the same "
+                "configuration trained on the same images)")
+            ensemble = EnsembleChoice("none")
+        chosen = top_configs(study, best, ensemble.k, data, log) if ensemble.kind == "top" else \
+            [(best, trial_config(study, best))]
+        members = []
+        for trial, config in chosen:
+            network, used = refit_model(config, data, trial.epoch, log)
+            members.append(Member(network.cpu().eval(), dataclasses.replace(config, cv_folds=1), trial, used,
+                                  trial.epoch, None))
+        return FinalModel(members, ensemble)
+    if ensemble.kind == "folds":
+        return FinalModel(fold_members(study, best, data, log), ensemble)
+    if ensemble.kind == "top":
+        chosen = top_configs(study, best, ensemble.k, data, log)
+        members = [_checkpoint_member(study, trial, data, log)[1] for trial, _ in chosen]
+        log(f"ensemble: the top {ensemble.k} trials " + ", ".join(f"{m.trial.trial_id} ({m.trial.value:.4f})"
+                                                                  for m in members))
+        return FinalModel(members, ensemble)
+    member = _checkpoint_member(study, best, data, log)[1]
+    if member.config.cv_folds > 1:
+        log(f"--ensemble none on a cross-validated trial: exporting the model of fold 0, trained on "
+            f"{member.config.cv_folds - 1} of its {member.config.cv_folds} folds (--ensemble folds exports all of "
+            "them, --refit one model on all of train + val)")
+        member.fold = 0
+    return FinalModel([member], ensemble)
+
+
+__all__ = ["EnsembleChoice", "FinalModel", "Member", "Probabilities", "default_ensemble", "final_model",
+           "parse_ensemble", "rebuild_model", "refit_model", "trial_config", "training_images"]
