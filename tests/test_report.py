@@ -43,7 +43,7 @@ resources: {cpus: 1}
 
 SECTIONS = ("Summary", "Budget and data", "Leaderboard", "Scratch vs pretrained", "How deep to fine-tune",
             "Truncated vs full backbones", "Effect of each searched parameter", "Learning curves and early stopping",
-            "Uncertainty")
+            "Selection estimate vs test", "Uncertainty")
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,11 @@ def test_report_sections_numbers_plots_and_artifacts(study, monkeypatch):
     text = (study / "again" / "report.md").read_text()
     test_auc = client.get_run(record["parent_run_id"]).data.metrics["test_auc"]
     assert f"scores AUC {test_auc:.4f}" in text and f"auc {test_auc:.4f}" in text
+    metrics = client.get_run(record["parent_run_id"]).data.metrics
+    assert (f"| test split, the exported model (latest export) | {test_auc:.4f} ({metrics['test_auc_low']:.4f}-"
+            f"{metrics['test_auc_high']:.4f}) |") in text
+    assert re.search(r"^\| selection \(one validation split\) \| 0\.\d{4} \|", text, re.M)
+    assert "The selection estimate is " in text
     assert len(re.findall(r"^\| \d+ \| `\w+` \|", text, re.M)) == 3
 
 
@@ -146,3 +151,21 @@ def test_bootstrap_interval_matches_the_trials_auc():
 
     assert auc == pytest.approx(roc_auc_score(labels, p1))
     assert low < auc < high and high - low < 0.15
+
+
+def test_a_claim_between_two_trials_carries_a_paired_test():
+    from search.report.sections import Context, paired_claim
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    strong = np.clip(labels * 0.6 + rng.normal(0.2, 0.2, 300), 0, 1)
+    weak = np.clip(strong + rng.normal(0, 0.4, 300), 0, 1)
+    saved = {"a": (labels, np.stack([1 - strong, strong], 1)), "b": (labels, np.stack([1 - weak, weak], 1)),
+             "c": (labels, np.stack([1 - strong, strong], 1) * 0.999 + 0.0005), "gone": None}
+    ctx = Context(records=None, space=None, out=Path("."), top=5, data_shape=lambda: (2, 1, 28),
+                  best_predictions=lambda: None, trial_predictions=saved.get)
+    real = paired_claim(ctx, "a", "b", "the best pretrained trial", "the best scratch trial")
+    assert "Paired test (DeLong) of the best pretrained trial `a` vs the best scratch trial `b` on the same 300" in real
+    assert real.endswith(": significant.")
+    assert paired_claim(ctx, "a", "c", "x", "y").endswith("not significant.")
+    assert paired_claim(ctx, "a", "gone", "x", "y") is None

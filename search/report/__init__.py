@@ -69,7 +69,8 @@ def write_report(study: Study, out: Path | None = None, top: int = 10, notes: st
         old.unlink(missing_ok=True)
     space = _space(client, study, log)
     context = Context(records=records, space=space, out=out, top=top, data_shape=_data_shape(space),
-                      best_predictions=lambda: _best_predictions(client, study))
+                      best_predictions=lambda: _best_predictions(client, study),
+                      trial_predictions=_trial_predictions(client, study))
     sections = []
     for build in SECTIONS:
         started = time.perf_counter()
@@ -179,6 +180,26 @@ def _best_predictions(client, study: Study) -> tuple[np.ndarray, np.ndarray] | N
         return saved["labels"], saved["probs"]
     except (StudyError, OSError, KeyError, ValueError):
         return None
+
+
+def _trial_predictions(client, study: Study):
+    """A loader of any finished trial's held-out ``(labels, probs)`` at its selected epoch, by trial id."""
+    from search.records.studies import best_checkpoint, finished_trials
+    from trainables.trial import PREDICTIONS_FILE
+
+    trials: dict[str, object] = {}
+
+    def load(trial_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            if not trials:
+                trials.update({t.trial_id: t for t in finished_trials(client, study)})
+            folder, _ = best_checkpoint(study, trials[trial_id])
+            with np.load(folder / PREDICTIONS_FILE) as saved:
+                return saved["labels"], saved["probs"]
+        except (StudyError, OSError, KeyError, ValueError):
+            return None
+
+    return load
 
 
 __all__ = ["ARTIFACT_PATH", "REPORT_FILE", "default_directory", "render", "write_report"]

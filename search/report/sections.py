@@ -33,6 +33,9 @@ class Context:
         top: leaderboard rows and learning curves to show.
         data_shape: lazily loads ``(num_classes, channels, stored side)`` of the study's data.
         best_predictions: lazily loads the best trial's saved validation ``(labels, probs)``.
+        trial_predictions: lazily loads one trial's saved held-out ``(labels, probs)`` at its
+            selected epoch, by trial id (validation, or out-of-fold under cross-validation);
+            None when its checkpoint is gone.
     """
 
     records: StudyRecords
@@ -41,6 +44,26 @@ class Context:
     top: int
     data_shape: Callable[[], tuple[int, int, int]]
     best_predictions: Callable[[], tuple[np.ndarray, np.ndarray] | None]
+    trial_predictions: Callable[[str], tuple[np.ndarray, np.ndarray] | None] = lambda _: None
+
+
+def paired_claim(ctx: Context, a: str, b: str, what_a: str, what_b: str) -> str | None:
+    """The paired test of two trials' AUCs on the same held-out images, as a sentence.
+
+    DeLong for binary tasks, a stratified bootstrap of the difference for more classes;
+    None when either trial's predictions are gone or they are not on the same images.
+    """
+    from search.evaluation import delong_paired
+
+    first, second = ctx.trial_predictions(a), ctx.trial_predictions(b)
+    if first is None or second is None or not np.array_equal(first[0], second[0]):
+        return None
+    test = delong_paired(first[0], first[1], second[1])
+    verdict = "significant" if test.significant else "not significant"
+    return (f"Paired test ({'DeLong' if test.method == 'delong' else 'bootstrap'}) of {what_a} `{a}` vs {what_b} "
+            f"`{b}` on the same {len(first[0])} held-out images: AUC {test.auc_a:.4f} vs {test.auc_b:.4f}, "
+            f"difference {test.difference:+.4f} (95% CI {test.low:+.4f} to {test.high:+.4f}, p = {test.p_value:.3g}): "
+            f"{verdict}.")
 
 
 @dataclass
@@ -215,9 +238,20 @@ def transfer(ctx: Context) -> Section:
             more = gaps[0][1] > gaps[-1][1]
             text += (" The gap is larger when data is scarce." if more else
                      " The gap is not larger when data is scarce.")
+        largest = best[best["train_fraction"] == best["train_fraction"].max()].set_index("init")
+        claim = None
+        if "scratch" in largest.index and len(largest.index) > 1:
+            pretrained = largest.drop("scratch")
+            top = pretrained["value"].idxmax() if records.mode == "max" else pretrained["value"].idxmin()
+            claim = paired_claim(ctx, str(pretrained.loc[top, "trial_id"]), str(largest.loc["scratch", "trial_id"]),
+                                 "the best pretrained trial", "the best scratch trial")
+        if claim:
+            text += " " + claim.split(":")[-1].strip().capitalize().rstrip(".") + " on a paired test."
         section.finding = text
         section.lines += ["", text + " Each cell is the best of the trials that ran it, so cells with more trials "
                           "had more chances; compare with the trial counts."]
+        if claim:
+            section.lines += ["", claim]
     return section
 
 
@@ -402,6 +436,44 @@ def curves(ctx: Context) -> Section:
     return section
 
 
+# ------------------------------------------------------------- selection estimate vs test
+
+def estimates(ctx: Context) -> Section:
+    """The best trial's single-split or cross-validated estimate beside its export's test score."""
+    section, table = finished_section(ctx, "Selection estimate vs test", "No finished trial.")
+    if table is None:
+        return section
+    best, records = table.iloc[0], ctx.records
+    raw_folds = best.get("cv_folds", 1)
+    folds = 1 if raw_folds is None or analysis._isnan(raw_folds) else int(float(raw_folds))
+    what = (f"the mean of its {folds} fold models, each scored on the fold it did not train on" if folds > 1 else
+            "one validation split")
+    rows = [[f"selection ({what})", fmt(best["value"])]]
+    predictions = ctx.best_predictions()
+    if predictions is not None and records.metric == "val_auc":
+        from search.evaluation import auc_interval
+
+        interval = auc_interval(*predictions)
+        label = "out-of-fold predictions, pooled" if folds > 1 else "validation predictions"
+        rows.append([f"{label}: AUC with 95% CI ({interval.method})",
+                     f"{interval.auc:.4f} ({interval.low:.4f}-{interval.high:.4f})"])
+    test = records.parent_metrics
+    if "test_auc" in test:
+        ci = (f" ({test['test_auc_low']:.4f}-{test['test_auc_high']:.4f})"
+              if "test_auc_low" in test and "test_auc_high" in test else "")
+        rows.append(["test split, the exported model (latest export)", f"{test['test_auc']:.4f}{ci}"])
+    section.lines += markdown_table(["estimate", records.metric], rows)
+    if "test_auc" in test and records.metric == "val_auc":
+        gap = float(best["value"]) - float(test["test_auc"])
+        section.finding = f"the selection estimate was {gap:+.3f} from the exported model's test AUC"
+        section.lines += ["", f"The selection estimate is {gap:+.4f} from test. The best of many trials on one small "
+                          "split is optimistic; cross-validation (`tune.cv_folds`) ranks on more images and an "
+                          "ensemble of the fold models usually holds better on new patients."]
+    else:
+        section.lines += ["", "No test score yet: `search best NAME --export DIR` tests the final model once."]
+    return section
+
+
 # ---------------------------------------------------------------------------- uncertainty
 
 def uncertainty(ctx: Context) -> Section:
@@ -456,7 +528,7 @@ def uncertainty(ctx: Context) -> Section:
     return section
 
 
-SECTIONS = (budget, leaderboard, transfer, depth, truncation, parameters, curves, uncertainty)
+SECTIONS = (budget, leaderboard, transfer, depth, truncation, parameters, curves, estimates, uncertainty)
 
-__all__ = ["Context", "SECTIONS", "Section", "budget", "curves", "depth", "leaderboard", "markdown_table",
+__all__ = ["Context", "SECTIONS", "Section", "budget", "curves", "depth", "estimates", "leaderboard", "markdown_table",
            "parameters", "transfer", "truncation", "uncertainty"]

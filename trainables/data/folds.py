@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import DataError
+from .splits import units
 
 _FOLD_SALT = 3
 
@@ -74,21 +75,14 @@ def make_folds(labels: np.ndarray, pool: np.ndarray, groups: np.ndarray | None, 
     pool_labels = labels[pool]
     pool_groups = groups[pool] if groups is not None else None
     check_folds(pool_labels, pool_groups, k, class_names)
-    if pool_groups is None:
-        unit_of = np.arange(len(pool))
-        unit_label = pool_labels
-    else:
-        _, unit_of = np.unique(pool_groups.astype(str), return_inverse=True)
-        counts = np.zeros((unit_of.max() + 1, labels.max() + 1), np.int64)
-        np.add.at(counts, (unit_of, pool_labels), 1)
-        unit_label = counts.argmax(axis=1)
+    unit_of, unit_label = units(pool_labels, pool_groups)
     sizes = np.bincount(unit_of, minlength=len(unit_label))
     unit_fold = np.zeros(len(unit_label), np.int64)
     for c in np.unique(unit_label):
-        units = np.flatnonzero(unit_label == c)
-        units = units[np.random.default_rng([seed, _FOLD_SALT, int(c)]).permutation(len(units))]
+        members = np.flatnonzero(unit_label == c)
+        members = members[np.random.default_rng([seed, _FOLD_SALT, int(c)]).permutation(len(members))]
         filled = np.zeros(k, np.int64)
-        for position, unit in enumerate(units):
+        for position, unit in enumerate(members):
             # the emptiest fold; ties go round-robin so single images deal exactly evenly
             order = np.lexsort(((np.arange(k) - position) % k, filled))
             unit_fold[unit] = order[0]

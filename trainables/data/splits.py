@@ -153,6 +153,21 @@ def check_class_presence(labels: np.ndarray, splits: dict[str, np.ndarray], clas
                     "source's split column so every split holds every class)")
 
 
+def units(labels: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """What splits and folds move as a whole: single images, or the groups (patients).
+
+    Returns:
+        ``(unit_of, unit_label)``: each image's unit index, and each unit's stratum, its
+        majority label.
+    """
+    if groups is None:
+        return np.arange(len(labels)), labels
+    _, unit_of = np.unique(groups.astype(str), return_inverse=True)
+    counts = np.zeros((unit_of.max() + 1, labels.max() + 1), np.int64)
+    np.add.at(counts, (unit_of, labels), 1)
+    return unit_of, counts.argmax(axis=1)
+
+
 def _carve(labels: np.ndarray, groups: np.ndarray | None, val_fraction: float,
            test_fraction: float, seed: int) -> np.ndarray:
     """Split codes for a pool: whole units (groups, or single images) per label stratum.
@@ -161,26 +176,19 @@ def _carve(labels: np.ndarray, groups: np.ndarray | None, val_fraction: float,
     seeded random order and taken for val until the stratum's val quota of images is
     reached, then for test, and the rest stay in train.
     """
-    if groups is None:
-        unit_of = np.arange(len(labels))
-        unit_label = labels
-    else:
-        _, unit_of = np.unique(groups.astype(str), return_inverse=True)
-        counts = np.zeros((unit_of.max() + 1, labels.max() + 1), np.int64)
-        np.add.at(counts, (unit_of, labels), 1)
-        unit_label = counts.argmax(axis=1)
+    unit_of, unit_label = units(labels, groups)
     sizes = np.bincount(unit_of, minlength=len(unit_label))
     unit_code = np.full(len(unit_label), TRAIN, np.int8)
     for c in np.unique(unit_label):
-        units = np.flatnonzero(unit_label == c)
-        units = units[np.random.default_rng([seed, _SPLIT_SALT, int(c)]).permutation(len(units))]
-        total = int(sizes[units].sum())
+        members = np.flatnonzero(unit_label == c)
+        members = members[np.random.default_rng([seed, _SPLIT_SALT, int(c)]).permutation(len(members))]
+        total = int(sizes[members].sum())
         position = 0
         for code, fraction in ((VAL, val_fraction), (TEST, test_fraction)):
             quota, filled = int(round(total * fraction)), 0
-            while filled < quota and position < len(units):
-                unit_code[units[position]] = code
-                filled += int(sizes[units[position]])
+            while filled < quota and position < len(members):
+                unit_code[members[position]] = code
+                filled += int(sizes[members[position]])
                 position += 1
     return unit_code[unit_of]
 
@@ -203,4 +211,4 @@ def groups_across_source_splits(source_split: np.ndarray | None, groups: np.ndar
 
 
 __all__ = ["SPLITS", "TRAIN", "VAL", "TEST", "split_code", "make_splits", "subsample_train",
-           "class_counts", "check_class_presence", "groups_across_source_splits"]
+           "class_counts", "check_class_presence", "groups_across_source_splits", "units"]
