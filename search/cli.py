@@ -35,6 +35,10 @@ def _trial(args: argparse.Namespace) -> int:
     from trainables.trial import NonFiniteLossError, TrialSetupError, run_trial
 
     space = load_space(args.space, parse_overrides(args.set or []))
+    if args.cv is not None:
+        import dataclasses
+
+        space = dataclasses.replace(space, tune=dataclasses.replace(space.tune, cv_folds=_cv(args.cv)))  # checked now
     check_space(space)  # backbones, weights files, stage indices: before any image is decoded
     config = space.default_config()
     if args.resume and not Path(args.resume).exists():
@@ -47,7 +51,7 @@ def _trial(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         data = load_dataset(space.data)
         print(f"{describe(data)}, loaded in {time.perf_counter() - started:.1f}s", flush=True)
-        folds, why = resolve_cv_folds(_cv(args.cv) if args.cv is not None else space.tune.cv_folds, data)
+        folds, why = resolve_cv_folds(space.tune.cv_folds, data)
         config = with_cv_folds(space, data, folds).default_config()
         print(why, flush=True)
         run_trial(config, data, report=_print_epoch, checkpoint_dir=out, resume_from=args.resume)

@@ -791,14 +791,14 @@ def test_a_cross_validated_study_logs_fold_metrics_and_exports_its_fold_ensemble
     card = (target / "MODEL_CARD.md").read_text()
     assert "## Ensemble" in card and "`member_2.safetensors`" in card
 
-    # top-2: both trials' checkpoints, soft-voted; the threshold on the mean of their validation predictions
-    top = root / "exports" / "quickcv-top2"
-    assert search("best", "quickcv", "--storage", str(cv_study.parent), "--export", str(top),
-                  "--ensemble", "top-2") == 0
-    members = json.loads((top / "config.json").read_text())["ensemble"]["members"]
-    assert len({m["trial_id"] for m in members}) == 2
-    np.testing.assert_allclose(load_exported(top).probabilities(loaded.images[loaded.splits["test"][:50]]),
-                               _members_mean(top, x), atol=1e-6)
+    # --ensemble none on a cross-validated trial: fold 0's model, its decision fitted on fold 0's own held-out fold
+    alone = root / "exports" / "quickcv-none"
+    assert search("best", "quickcv", "--storage", str(cv_study.parent), "--export", str(alone),
+                  "--ensemble", "none") == 0
+    single = json.loads((alone / "config.json").read_text())
+    assert single["ensemble"]["members"][0]["fold"] == 0
+    assert "fold 0's held-out predictions" in single["decision"]["fitted_on"]
+    assert single["decision"]["held_out"]["images"] == pytest.approx(len(fold_pool(loaded.splits)) / 3, abs=2)
 
     # refit of a fold ensemble: one model on all of train + val, said so
     refit = root / "exports" / "quickcv-refit"
@@ -806,6 +806,34 @@ def test_a_cross_validated_study_logs_fold_metrics_and_exports_its_fold_ensemble
     assert "refit of a fold ensemble: one model on train + val" in capsys.readouterr().out
     refit_config = json.loads((refit / "config.json").read_text())
     assert len(refit_config["ensemble"]["members"]) == 1 and refit_config["trial_config"]["cv_folds"] == 1
+
+
+def test_a_top_k_ensemble_soft_votes_the_best_trials(study, root, data):
+    from search.model.predict import load_exported
+    from trainables.augment import InputSpec, prepare_batch
+
+    top = root / "exports" / "quick-top2"
+    assert search("best", "quick", "--storage", str(study.parent), "--export", str(top), "--ensemble", "top-2") == 0
+    config = json.loads((top / "config.json").read_text())
+    members = config["ensemble"]["members"]
+    assert config["ensemble"]["kind"] == "top-2" and len({m["trial_id"] for m in members}) == 2
+    assert "the mean of the 2 members' validation predictions" in config["decision"]["fitted_on"]
+    pre = config["preprocess"]
+    spec = InputSpec(pre["crop_size"], pre["input_size"], pre["in_chans"], tuple(pre["mean"]), tuple(pre["std"]))
+    images = data.images[data.splits["test"][:50]]
+    expected = _members_mean(top, prepare_batch(torch.from_numpy(images), spec))
+    np.testing.assert_allclose(load_exported(top).probabilities(images), expected, atol=1e-6)
+    metrics = json.loads((top / "metrics.json").read_text())
+    # the test metrics are those of what the graphs output (the calibrated soft vote)
+    assert metrics["test"]["test_auc"] == pytest.approx(metrics["test_decision"]["auc"], abs=1e-12)
+
+    # a fixed rule without calibration needs no held-out predictions
+    fixed = root / "exports" / "quick-fixed"
+    assert search("best", "quick", "--storage", str(study.parent), "--export", str(fixed),
+                  "--threshold", "0.5", "--no-calibrate") == 0
+    decision = json.loads((fixed / "config.json").read_text())["decision"]
+    assert decision == {"temperature": 1.0, "threshold": 0.5, "rule": "0.5", "positive_class": "pneumonia",
+                        "fitted_on": "a fixed rule: no held-out predictions used", "held_out": {}}
 
 
 def cv_dataset(study_folder: Path):
@@ -818,9 +846,10 @@ def cv_dataset(study_folder: Path):
 
 def test_impossible_ensembles_are_refused_before_anything_is_written(cv_study, study, root, capsys):
     cases = [
-        (("quickcv", str(cv_study.parent), "top-5"), "--ensemble top-5 needs 5 finished trials, but study 'quickcv' has 2"),
+        (("quick", str(study.parent), "top-5"), "--ensemble top-5 needs 5 finished trials, but study 'quick' has 4"),
         (("quick", str(study.parent), "folds"), "--ensemble folds needs a cross-validated trial"),
         (("quick", str(study.parent), "top-1"), "--ensemble 'top-1' is not a choice"),
+        (("quickcv", str(cv_study.parent), "top-2"), "--ensemble top-2 of a cross-validated study"),
     ]
     for (name, storage_dir, choice), message in cases:
         target = root / "exports" / f"refused-{choice}"

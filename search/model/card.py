@@ -57,6 +57,9 @@ def _test_use_warning(uses: int) -> str | None:
             "new data.")
 
 
+_CI_METHODS = {"delong": "DeLong", "bootstrap": "stratified bootstrap, 1000 resamples"}
+
+
 def _ensemble_section(config: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     """The members of an ensemble export and each one's test AUC (nothing for one network)."""
     ensemble = config.get("ensemble") or {}
@@ -91,13 +94,14 @@ def _decision_section(config: dict[str, Any], summary: dict[str, Any]) -> list[s
         "### Uncertainty, operating point and calibration",
         "",
         f"- Test AUC {test['auc']:.4f}, 95% CI {test['auc_low']:.4f}-{test['auc_high']:.4f} "
-        f"({'DeLong' if test['auc_ci_method'] == 'delong' else 'stratified bootstrap, 1000 resamples'}).",
+        f"({_CI_METHODS.get(test['auc_ci_method'], test['auc_ci_method'])}).",
     ]
     if decision.get("threshold") is not None:
         lines += [
             f"- Operating point: `{decision['rule']}` on {decision['fitted_on']} gives threshold "
-            f"{decision['threshold']:.4f} on the probability of `{decision['positive_class']}` (there: sensitivity "
-            f"{held['sensitivity']:.4f}, specificity {held['specificity']:.4f}).",
+            f"{decision['threshold']:.4f} on the probability of `{decision['positive_class']}`"
+            + (f" (there: sensitivity {held['sensitivity']:.4f}, specificity {held['specificity']:.4f})."
+               if "sensitivity" in held else "."),
             f"- On test at that threshold: sensitivity {test['sensitivity']:.4f}, specificity "
             f"{test['specificity']:.4f}, balanced accuracy {test['balanced_acc']:.4f}. `search predict` writes "
             "this decision as `pred`; the ROC marks the point.",
@@ -106,7 +110,7 @@ def _decision_section(config: dict[str, Any], summary: dict[str, Any]) -> list[s
         lines.append("- Decision: the class of largest probability (argmax).")
     scaled = decision["temperature"] != 1.0
     lines += [
-        f"- Temperature scaling: T = {decision['temperature']:.4f}, fitted on the same validation predictions "
+        f"- Temperature scaling: T = {decision['temperature']:.4f}, fitted on the same held-out predictions "
         f"(their NLL {held['nll_before']:.4f} -> {held['nll_after']:.4f})" if scaled else
         "- Temperature scaling: off, or it did not lower the validation NLL (T = 1)",
         f"  and folded into the TorchScript and ONNX graphs. On test: ECE {test['ece_before']:.4f} -> "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from search.evaluation import auc_interval, choose_threshold, expected_calibration_error, fit_temperature, nll
+from search.evaluation import AucInterval, auc_interval, choose_threshold, expected_calibration_error, fit_temperature, nll
 from search.evaluation.calibration import reliability, scale
 from search.evaluation.threshold import parse_threshold, rates
 from trainables.trial import PREDICTIONS_FILE
@@ -52,24 +52,27 @@ class Decision:
         return asdict(self)
 
 
-def held_out_predictions(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) a trial wrote beside its checkpoint for the validation images.
+def held_out_predictions(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(labels, probabilities, image indices or None) a trial wrote beside its checkpoint.
 
     Raises:
-        DecisionError: the file is missing or damaged (the fix: re-run the trial).
+        DecisionError: the file is missing or damaged (the fix: a fixed rule, or re-run the trial).
     """
+    import zipfile
+
     path = Path(folder) / PREDICTIONS_FILE
     try:
         with np.load(path) as saved:
             labels, probs = saved["labels"].astype(np.int64), saved["probs"].astype(np.float64)
-    except (OSError, KeyError, ValueError) as err:
+            indices = saved["indices"].astype(np.int64) if "indices" in saved.files else None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DecisionError(f"the checkpoint {folder} has no readable {PREDICTIONS_FILE} ({type(err).__name__}: "
                             f"{err}), so no threshold or temperature can be fitted; export with "
                             "--threshold 0.5 --no-calibrate, or resume the study so the trial writes it") from None
     if len(labels) != len(probs) or probs.ndim != 2 or not np.isfinite(probs).all():
         raise DecisionError(f"{path} holds {len(labels)} labels and probabilities of shape {probs.shape} "
                             "(or non-finite ones); it cannot fit a decision; re-run the trial")
-    return labels, probs
+    return labels, probs, indices
 
 
 def fit_decision(labels: np.ndarray, member_probs: list[np.ndarray], class_names: list[str], threshold: str,
@@ -110,7 +113,13 @@ def test_report(decision: Decision, labels: np.ndarray, raw_probs: np.ndarray,
     ``raw_probs``: the (soft-voted) probabilities without temperature scaling; ``scaled``:
     what the exported graphs output, with it.
     """
-    interval = auc_interval(labels, scaled)
+    try:
+        interval = auc_interval(labels, scaled)
+    except ValueError:  # fewer than 2 images of a class: no interval (the AUC itself may still exist)
+        from trainables.metrics import classification_metrics
+
+        interval = AucInterval(classification_metrics(labels, scaled, prefix="")["auc"], float("nan"), float("nan"),
+                               "none: too few test images of a class")
     report: dict[str, Any] = {
         "auc": interval.auc, "auc_low": interval.low, "auc_high": interval.high, "auc_ci_method": interval.method,
         "ece_before": expected_calibration_error(labels, raw_probs), "ece_after": expected_calibration_error(labels, scaled),

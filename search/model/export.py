@@ -58,12 +58,15 @@ from search.model.decision import (
     test_report,
 )
 from search.model.members import (
+    EnsembleChoice,
     FinalModel,
     Probabilities,
     default_ensemble,
     final_model,
+    member_trials,
     parse_ensemble,
     rebuild_model,
+    trial_config,
 )
 from search.model.files import (
     CARD_FILE,
@@ -456,37 +459,61 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
     }
 
 
-def export_decision(study: Study, final: FinalModel, space: Any, data: ImageDataset, options: ExportOptions,
-                    log: Log) -> Decision:
-    """Temperature and threshold fitted on the members' held-out predictions at their checkpoint epochs.
+def export_decision(study: Study, trials: list[BestTrial], ensemble: EnsembleChoice, space: Any,
+                    data: ImageDataset, options: ExportOptions, log: Log) -> Decision:
+    """Temperature and threshold fitted on the held-out predictions of ``trials`` at their checkpoint epochs.
 
-    One model or a fold ensemble: the best trial's validation predictions, out-of-fold when
-    it cross-validated (each image scored by the fold model that never saw it). Top-K: every
-    member's predictions on the same validation split. A refit model trains on the
-    validation images, so the search checkpoints' predictions fit the decision either way.
+    One model: the best trial's validation predictions (for fold 0 of a cross-validated
+    trial, its own held-out fold). A fold ensemble: the out-of-fold predictions, each image
+    scored by the one fold model that never saw it (the ensemble then averages all of
+    them, so it is somewhat less confident than the model the threshold was set on).
+    Top-K: the mean of every member's predictions on the same validation split. Fitted
+    before any refit: a refit model trains on the validation images, so the search
+    checkpoints' predictions fit the decision either way. A fixed threshold without
+    calibration needs no predictions at all.
     """
+    from search.evaluation import parse_threshold
 
     threshold = options.threshold if options.threshold is not None else space.export.threshold
     calibrate = options.calibrate if options.calibrate is not None else space.export.calibrate
-    trials = [final.members[0].trial] if final.ensemble.kind != "top" else [m.trial for m in final.members]
+    rule = parse_threshold(threshold)
+    binary = data.num_classes == 2
+    if not calibrate and (rule.kind == "fixed" or not binary):
+        return Decision(1.0, rule.value if binary else None, str(rule) if binary else None,
+                        data.class_names[1] if binary else None, "a fixed rule: no held-out predictions used", {})
     held_out = []
     for trial in trials:
-        folder, epoch = best_checkpoint(study, trial)
+        try:
+            folder, epoch = best_checkpoint(study, trial)
+        except StudyError as err:
+            raise ExportError(f"{err}. The temperature and threshold are fitted on that checkpoint's held-out "
+                              "predictions; without them, export with a fixed rule: --threshold 0.5 --no-calibrate") \
+                from None
         held_out.append((trial, epoch, *held_out_predictions(folder)))
-    labels = held_out[0][2]
-    if any(len(h[2]) != len(labels) or not np.array_equal(h[2], labels) for h in held_out):
+    labels, indices = held_out[0][2], held_out[0][4]
+    if any(not np.array_equal(h[2], labels) or (h[4] is not None and indices is not None
+                                                and not np.array_equal(h[4], indices)) for h in held_out):
         raise ExportError("the top-K members' validation predictions are not on the same images (trials of "
                           "another split or fold count); use --ensemble none")
-    from trainables.data.folds import fold_pool
+    member_probs = [h[3] for h in held_out]
+    cv = trial_config(study, trials[0]).cv_folds
+    if cv > 1 and ensemble.kind == "none" and not options.refit and indices is not None:
+        from trainables.data.folds import fold_pool, make_folds
 
-    # a cross-validated trial's held-out predictions cover train + val; a single split's, val only
-    oof = len(labels) == len(fold_pool(data.splits)) != len(data.splits["val"])
-    kind = "out-of-fold predictions" if oof else "validation predictions"
+        # fold 0's model is exported: only its own held-out fold is unseen by it
+        own = np.isin(indices, make_folds(data.labels, fold_pool(data.splits), data.groups, cv,
+                                          list(data.class_names))[0])
+        labels, member_probs = labels[own], [p[own] for p in member_probs]
+        kind = "fold 0's held-out predictions"
+    elif cv > 1:
+        kind = "out-of-fold predictions (each image scored by the one fold model that did not train on it)"
+    else:
+        kind = "validation predictions"
     fitted_on = (f"{kind} of trial {trials[0].trial_id} at epoch {held_out[0][1]} ({len(labels)} images)"
                  if len(held_out) == 1 else
-                 f"validation predictions of the {len(held_out)} members ({len(labels)} images each)")
+                 f"the mean of the {len(held_out)} members' validation predictions ({len(labels)} images)")
     try:
-        return fit_decision(labels, [h[3] for h in held_out], list(data.class_names), threshold, calibrate, fitted_on)
+        return fit_decision(labels, member_probs, list(data.class_names), threshold, calibrate, fitted_on)
     except DecisionError as err:
         raise ExportError(str(err)) from None
 
@@ -550,8 +577,9 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
         raise StudyError(f"the data of study {study.name!r} has no test split (data.test_fraction 0), so the "
                          "final model cannot be tested; run the study on data with a held-out test split")
     ensemble = parse_ensemble(options.ensemble) if options.ensemble else default_ensemble(study, best)
+    trials = member_trials(study, best, ensemble, data, options.refit, log)  # refuses an impossible ensemble
+    decision = export_decision(study, trials, ensemble, space, data, options, log)
     final = final_model(study, best, data, options.refit, ensemble, log)
-    decision = export_decision(study, final, space, data, options, log)
     model, config = final.network, final.config
     spec = input_spec_for(config, data, model)
 
@@ -560,7 +588,7 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     labels = data.labels[data.splits["test"]]
     probs = np.mean(member_probs, axis=0)
     calibrated = np.mean([scale(p, decision.temperature) for p in member_probs], axis=0)
-    test = split_scores(labels, probs, "test_")
+    test = split_scores(labels, calibrated, "test_")  # what the exported graphs and `search predict` give
     # at the export's decision (the threshold of a binary model), as `search predict` decides
     decisions = predicted_classes(calibrated, decision.threshold)
     matrix = confusion_matrix(labels, decisions, labels=list(range(data.num_classes))).tolist()

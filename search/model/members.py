@@ -96,7 +96,8 @@ def training_images(config: TrialConfig, data: ImageDataset, pool: np.ndarray) -
 
     if config.train_fraction >= 1.0:
         return len(pool)
-    return len(subsample_train(pool, data.labels, config.train_fraction, config.seed))
+    # seed 0, as the trial draws it (searching `seed` must not change the training subset)
+    return len(subsample_train(pool, data.labels, config.train_fraction, 0))
 
 
 def refit_model(config: TrialConfig, data: ImageDataset, epochs: int, log: Log) -> tuple[nn.Module, int]:
@@ -254,13 +255,16 @@ def fold_members(study: Study, best: BestTrial, data: ImageDataset, log: Log) ->
         raise StudyError(f"--ensemble folds needs a cross-validated trial, but trial {best.trial_id} of study "
                          f"{study.name!r} trained one model (cv_folds 1); use --ensemble top-K, or run a study with "
                          "`tune: {cv_folds: 5}` (or --cv 5)")
-    pool = len(fold_pool(data.splits))
+    from trainables.data.folds import make_folds
+
+    pool = fold_pool(data.splits)
+    held = make_folds(data.labels, pool, data.groups, len(weights), list(data.class_names))
     members = []
     for k, state in enumerate(weights):
         network = rebuild_model(first.config, data.num_classes, data.channels)
         network.load_state_dict(state)
-        members.append(dataclasses.replace(first, network=network.eval(), fold=k,
-                                           train_images=pool - pool // len(weights)))
+        used = training_images(first.config, data, np.setdiff1d(pool, held[k]))
+        members.append(dataclasses.replace(first, network=network.eval(), fold=k, train_images=used))
     log(f"ensemble: the {len(members)} fold models of trial {best.trial_id}")
     return members
 
@@ -296,6 +300,29 @@ def top_configs(study: Study, best: BestTrial, k: int, data: ImageDataset,
                      f"(crop, input size, channels, normalisation); {fix}")
 
 
+def member_trials(study: Study, best: BestTrial, ensemble: EnsembleChoice, data: ImageDataset, refit: bool,
+                  log: Log) -> list[BestTrial]:
+    """The trials an export's members come from, refusing ensembles the study cannot give.
+
+    Raises:
+        StudyError: ``folds`` for a trial that did not cross-validate; ``top-K`` without
+            ``--refit`` in a cross-validated study (each trial holds K fold models, not one
+            network on its split); fewer than K trials to choose from.
+    """
+    folds = trial_config(study, best).cv_folds
+    if ensemble.kind == "folds" and folds < 2:
+        raise StudyError(f"--ensemble folds needs a cross-validated trial, but trial {best.trial_id} of study "
+                         f"{study.name!r} trained one model (cv_folds 1); use --ensemble top-K, or run a study with "
+                         "`tune: {cv_folds: 5}` (or --cv 5)")
+    if ensemble.kind == "top":
+        if folds > 1 and not refit:
+            raise StudyError(f"--ensemble {ensemble} of a cross-validated study: each trial holds {folds} fold "
+                             "models, not one network; use --ensemble folds (the best trial's fold models), or "
+                             f"--ensemble {ensemble} --refit (each trial retrained on train + val)")
+        return [trial for trial, _ in top_configs(study, best, ensemble.k, data, log)]
+    return [best]
+
+
 def final_model(study: Study, best: BestTrial, data: ImageDataset, refit: bool, ensemble: EnsembleChoice,
                 log: Log) -> FinalModel:
     """The networks to export: checkpoints of the chosen members, or their refits on train + val."""
@@ -322,6 +349,11 @@ def final_model(study: Study, best: BestTrial, data: ImageDataset, refit: bool, 
         return FinalModel(members, ensemble)
     member = _checkpoint_member(study, best, data, log)[1]
     if member.config.cv_folds > 1:
+        from trainables.data.folds import fold_pool, make_folds
+
+        pool = fold_pool(data.splits)
+        held = make_folds(data.labels, pool, data.groups, member.config.cv_folds, list(data.class_names))[0]
+        member.train_images = training_images(member.config, data, np.setdiff1d(pool, held))
         log(f"--ensemble none on a cross-validated trial: exporting the model of fold 0, trained on "
             f"{member.config.cv_folds - 1} of its {member.config.cv_folds} folds (--ensemble folds exports all of "
             "them, --refit one model on all of train + val)")
@@ -330,4 +362,4 @@ def final_model(study: Study, best: BestTrial, data: ImageDataset, refit: bool, 
 
 
 __all__ = ["EnsembleChoice", "FinalModel", "Member", "Probabilities", "default_ensemble", "final_model",
-           "parse_ensemble", "rebuild_model", "refit_model", "trial_config", "training_images"]
+           "member_trials", "parse_ensemble", "rebuild_model", "refit_model", "trial_config", "training_images"]

@@ -195,7 +195,8 @@ def check_config(config: dict[str, Any], directory: Path) -> None:
     rule(finite(temperature) and temperature > 0, f"decision.temperature must be a finite number > 0 (logits are "
                                                   f"divided by it), but is {temperature!r}")
     threshold = decision.get("threshold")
-    rule(threshold is None or (finite(threshold) and 0 <= threshold <= 1 and k == 2),
+    # a threshold just above the largest score (specificity 1) may exceed 1.0 by one float step
+    rule(threshold is None or (finite(threshold) and 0 <= threshold <= 1 + 1e-9 and k == 2),
          f"decision.threshold must be null or, for a binary model, a probability in [0, 1], but is {threshold!r} "
          f"({k} classes)")
     backbone = config["trial_config"].get("backbone")
@@ -564,8 +565,16 @@ def predict_inputs(directory: str | Path, inputs: list[str], out: str | Path | N
     if labels:
         from trainables.metrics import classification_metrics
 
-        metrics = classification_metrics(np.concatenate(labels), np.concatenate(scores), prefix="")
-        log("on the labelled inputs: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        from search.evaluation.threshold import rates
+
+        known, probs = np.concatenate(labels), np.concatenate(scores)
+        metrics = classification_metrics(known, probs, prefix="")
+        line = "on the labelled inputs: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        if model.threshold is not None:  # the rates of `pred`, the export's decision (the others: argmax)
+            sensitivity, specificity = rates(known, probs[:, 1], model.threshold)
+            line += (f"; at the export's threshold {model.threshold:.4f} (pred): sensitivity {sensitivity:.4f}  "
+                     f"specificity {specificity:.4f}")
+        log(line)
     return path
 
 

@@ -184,6 +184,8 @@ def _best_predictions(client, study: Study) -> tuple[np.ndarray, np.ndarray] | N
 
 def _trial_predictions(client, study: Study):
     """A loader of any finished trial's held-out ``(labels, probs)`` at its selected epoch, by trial id."""
+    import zipfile
+
     from search.records.studies import best_checkpoint, finished_trials
     from trainables.trial import PREDICTIONS_FILE
 
@@ -196,7 +198,7 @@ def _trial_predictions(client, study: Study):
             folder, _ = best_checkpoint(study, trials[trial_id])
             with np.load(folder / PREDICTIONS_FILE) as saved:
                 return saved["labels"], saved["probs"]
-        except (StudyError, OSError, KeyError, ValueError):
+        except (StudyError, OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
             return None
 
     return load

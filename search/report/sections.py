@@ -58,7 +58,10 @@ def paired_claim(ctx: Context, a: str, b: str, what_a: str, what_b: str) -> str 
     first, second = ctx.trial_predictions(a), ctx.trial_predictions(b)
     if first is None or second is None or not np.array_equal(first[0], second[0]):
         return None
-    test = delong_paired(first[0], first[1], second[1])
+    try:
+        test = delong_paired(first[0], first[1], second[1])
+    except ValueError:  # a class with fewer than 2 held-out images: no test
+        return None
     verdict = "significant" if test.significant else "not significant"
     return (f"Paired test ({'DeLong' if test.method == 'delong' else 'bootstrap'}) of {what_a} `{a}` vs {what_b} "
             f"`{b}` on the same {len(first[0])} held-out images: AUC {test.auc_a:.4f} vs {test.auc_b:.4f}, "
@@ -453,10 +456,13 @@ def estimates(ctx: Context) -> Section:
     if predictions is not None and records.metric == "val_auc":
         from search.evaluation import auc_interval
 
-        interval = auc_interval(*predictions)
         label = "out-of-fold predictions, pooled" if folds > 1 else "validation predictions"
-        rows.append([f"{label}: AUC with 95% CI ({interval.method})",
-                     f"{interval.auc:.4f} ({interval.low:.4f}-{interval.high:.4f})"])
+        try:
+            interval = auc_interval(*predictions)
+            rows.append([f"{label}: AUC with 95% CI ({interval.method})",
+                         f"{interval.auc:.4f} ({interval.low:.4f}-{interval.high:.4f})"])
+        except ValueError:  # a class with fewer than 2 held-out images
+            pass
     test = records.parent_metrics
     if "test_auc" in test:
         ci = (f" ({test['test_auc_low']:.4f}-{test['test_auc_high']:.4f})"

@@ -42,8 +42,10 @@ def check_folds(labels: np.ndarray, groups: np.ndarray | None, k: int, class_nam
         counts = {int(c): int((labels == c).sum()) for c in present}
         unit = "images"
     else:
-        counts = {int(c): len(np.unique(groups[labels == c].astype(str))) for c in present}
-        unit = "groups (patients)"
+        # groups are dealt by their majority label: count the groups each class is the majority of
+        _, unit_label = units(labels, groups)
+        counts = {int(c): int((unit_label == c).sum()) for c in present}
+        unit = "groups (patients) it is the majority class of"
         total = len(np.unique(groups.astype(str)))
         if total < k:
             raise DataError(f"cv_folds {k} needs at least {k} groups, but train + val hold {total}; "
