@@ -58,3 +58,35 @@ def test_search_efficiency_time_to_reach_reads_the_best_so_far_curve():
     assert efficiency.time_to_reach(points, 0.86) == 25.0
     assert efficiency.time_to_reach(points, 0.85) == 25.0
     assert efficiency.time_to_reach(points, 0.95) is None
+
+
+def test_generalization_spaces_validate_and_the_report_judges_the_targets(tmp_path, capsys, data_root, monkeypatch):
+    import json
+
+    import yaml
+
+    from search.space import load_space
+
+    gen = _load("generalization")
+    monkeypatch.setenv("MEDTUNE_DATA", str(data_root))
+    for study in ("single", "cv", "random", "recipe"):  # every study's space is one medtune accepts
+        path = tmp_path / f"{study}.yaml"
+        path.write_text(yaml.safe_dump(gen.study_space("breast", study, "3m", 0)))
+        space = load_space(path)
+        assert space.tune.cv_folds == (5 if study == "cv" else 1)
+    folder = tmp_path / "breast"
+    (folder / "exports").mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"budget": "3m", "seed": 0, "load": "1.0"}))
+    scores = {"single": (0.90, 0.80), "top5": (0.90, 0.84), "cv": (0.84, 0.83), "random": (0.88, 0.81)}
+    for arm, (estimate, test) in scores.items():  # the recipe's export "failed": reported, not fatal
+        (folder / "exports" / arm).mkdir()
+        (folder / "exports" / arm / "metrics.json").write_text(json.dumps({
+            "test_decision": {"auc": test, "auc_low": test - 0.05, "auc_high": test + 0.05, "ece_after": 0.05,
+                              "ece_before": 0.1},
+            "best": {"value": estimate}, "search": {"trials": 10, "wall_seconds": 180.0},
+            "ensemble": {"members": [{}] * (5 if arm in ("top5", "cv") else 1)}}))
+    (folder / "export-recipe.log").write_text("error: no finished trial\n")
+    gen.report(tmp_path, write_docs=False)
+    out = capsys.readouterr().out
+    assert "| (b) TPE+ASHA, 5-fold CV, fold ensemble | 0.830 (0.780-0.880) | 0.840 | 0.010 |" in out
+    assert "(e) fixed recipe, no search: no model (error: no finished trial)" in out
