@@ -790,6 +790,7 @@ def test_a_cross_validated_study_logs_fold_metrics_and_exports_its_fold_ensemble
     assert len(metrics["test_decision"]["members_auc"]) == 3
     card = (target / "MODEL_CARD.md").read_text()
     assert "## Ensemble" in card and "`member_2.safetensors`" in card
+    assert "set on single fold models' out-of-fold predictions" in card
 
     # --ensemble none on a cross-validated trial: fold 0's model, its decision fitted on fold 0's own held-out fold
     alone = root / "exports" / "quickcv-none"

@@ -108,6 +108,10 @@ def _decision_section(config: dict[str, Any], summary: dict[str, Any]) -> list[s
         ]
     else:
         lines.append("- Decision: the class of largest probability (argmax).")
+    if (config.get("ensemble") or {}).get("kind") == "folds":
+        lines.append("- The threshold and temperature were set on single fold models' out-of-fold predictions; the "
+                     "export averages all fold models, which is somewhat less confident, so the test numbers here "
+                     "are the ones to trust for the operating point.")
     scaled = decision["temperature"] != 1.0
     lines += [
         f"- Temperature scaling: T = {decision['temperature']:.4f}, fitted on the same held-out predictions "
