@@ -30,8 +30,8 @@ def test_delong_interval_matches_sklearn_auc_and_covers_the_truth_at_its_nominal
     assert tiny.auc == pytest.approx(0.875)
     # coverage: over 200 fresh samples of one population, the 95% interval holds the population AUC ~95% of the time
     truth = roc_auc_score(*(lambda l, p: (l, p[:, 1]))(*_binary(200_000, 1.0, 99)))
-    covered = sum(auc_interval(*_binary(150, 1.0, seed)).low <= truth <= auc_interval(*_binary(150, 1.0, seed)).high
-                  for seed in range(1, 201))
+    intervals = [auc_interval(*_binary(150, 1.0, seed)) for seed in range(1, 201)]
+    covered = sum(interval.low <= truth <= interval.high for interval in intervals)
     assert 0.90 <= covered / 200 <= 0.99
 
 

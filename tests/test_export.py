@@ -676,12 +676,21 @@ def test_decision_is_fitted_on_validation_and_predict_applies_it(exported, study
     assert f"threshold {decision['threshold']:.4f}" in card and f"sensitivity {decided['sensitivity']:.4f}" in card
     assert "reliability.png" in {p.name for p in exported.iterdir()}
 
+    capsys.readouterr()
     preds, probs = _predicted(root, exported, data_root)
     assert (preds == (probs >= decision["threshold"])).all()
+    assert (f"at the export's threshold {decision['threshold']:.4f} (pred): sensitivity "
+            f"{decided['sensitivity']:.4f}") in capsys.readouterr().out
     sens = float(preds[test_labels == 1].mean())
     assert sens == pytest.approx(decided["sensitivity"], abs=1e-9)
     parent = MlflowClient(record["tracking_uri"]).get_run(record["parent_run_id"])
     assert parent.data.metrics["test_auc_high"] == pytest.approx(decided["auc_high"])
+
+    # a specificity-1 threshold lies one float step above the largest score, which may be 1.0: still loads
+    above = copy_export(exported, root / "above-one")
+    edit_config(above, lambda c: c["decision"].update(threshold=float(np.nextafter(1.0, 2.0))),
+                keep_manifest_valid=True)
+    assert (_predicted(root, above, data_root)[0] == 0).all()
 
     # another rule from the command line, refit-free: a screening point (sensitivity >= 0.95 on validation)
     screening = root / "exports" / "screening"

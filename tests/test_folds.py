@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +57,13 @@ def test_too_many_folds_for_the_data_are_refused_with_the_largest_k_that_works()
     groups = np.array([str(i % 3) for i in range(23)])
     with pytest.raises(DataError, match="cv_folds 4 needs at least 4 groups, but train \\+ val hold 3"):
         check_folds(labels, groups, 4, ["a", "b"])
+    # grouped: patients are dealt by their majority class, so b, the majority of only 2 of its 3 patients, allows 2
+    labels = np.array([0] * 20 + [1, 1, 0, 1, 1, 0, 1, 0, 0])
+    groups = np.array([f"a{i}" for i in range(20)] + ["b1", "b1", "b1", "b2", "b2", "b2", "m", "m", "m"])
+    with pytest.raises(DataError, match=r"class 'b' has groups \(patients\) it is the majority class of in train \+ "
+                                        r"val \(2\).*use cv_folds <= 2"):
+        check_folds(labels, groups, 3, ["a", "b"])
+    check_folds(labels, groups, 2, ["a", "b"])
     with pytest.raises(DataError, match="cv_folds must be >= 2"):
         check_folds(labels, None, 1, ["a", "b"])
 

@@ -169,3 +169,6 @@ def test_a_claim_between_two_trials_carries_a_paired_test():
     assert real.endswith(": significant.")
     assert paired_claim(ctx, "a", "c", "x", "y").endswith("not significant.")
     assert paired_claim(ctx, "a", "gone", "x", "y") is None
+    one_positive = (np.array([0, 0, 0, 1]), np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8]]))
+    saved.update(d=one_positive, e=one_positive)
+    assert paired_claim(ctx, "d", "e", "x", "y") is None  # no DeLong test with one positive: no claim, no crash

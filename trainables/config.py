@@ -430,7 +430,8 @@ class TrialConfig:
                                              "trial, nested (0.05 is inside 0.2): training-size studies",
                                     rule="0 < x <= 1")
     cv_folds: int = setting(1, doc="folds the trial cross-validates over train + val (its metrics are fold means); "
-                                   "1: the single train/val split. Set by the study's `tune.cv_folds`",
+                                   "1: the single train/val split. Not a `params`/`search` key: a study sets it "
+                                   "from `tune.cv_folds` (or `--cv`)",
                             rule=">= 1")
     seed: int = setting(0, doc="seeds model init, shuffling and augmentation", rule="0 <= x <= 4294967295")
     device: str = setting(

@@ -54,6 +54,19 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = 
     return {prefix + key: value for key, value in metrics.items()}
 
 
+def cross_entropy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (probabilities floored at 1e-12)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    chosen = np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(chosen, 1e-12, 1.0)).mean())
+
+
+def scores(labels: np.ndarray, probs: np.ndarray, prefix: str = "val_") -> dict[str, float]:
+    """:func:`classification_metrics` plus the unweighted cross-entropy as ``<prefix>loss``:
+    every metric a trial reports for one set of predictions."""
+    return {**classification_metrics(labels, probs, prefix=prefix), f"{prefix}loss": cross_entropy(labels, probs)}
+
+
 def binary_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC of ``scores`` for the boolean ``positive``: the Mann-Whitney U statistic.
 

@@ -33,9 +33,9 @@ from trainables.augment import AugmentSpec, InputSpec, prepare_batch
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrialConfig
 from trainables.data import ImageDataset
-from trainables.data.folds import fold_pool, make_folds
+from trainables.data.folds import fold_pool, held_out_folds
 from trainables.data.splits import subsample_train
-from trainables.metrics import classification_metrics
+from trainables.metrics import scores
 from trainables.models import TransferModel, build_model
 from trainables.optim import Schedule, build_optimizer, penalty
 
@@ -156,33 +156,34 @@ def build_trial(config: TrialConfig, data: ImageDataset) -> TrialState:
     )
 
 
-def state_dict(state: TrialState, config: TrialConfig) -> dict:
-    """Everything needed to resume exactly: weights, optimizer, schedule, RNGs, history."""
-    return {
-        "epoch": state.epoch,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "schedule": state.schedule.state_dict(),
-        "generator": state.generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "config": config.to_dict(),
-        "history": state.history,
-    }
-
-
 def fold_state_dict(state: TrialState) -> dict:
-    """What differs between the fold models of a cross-validated trial: weights, optimizer, schedule, RNG."""
+    """One model's own training state: weights, optimizer, schedule, its shuffling RNG."""
     return {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "schedule": state.schedule.state_dict(), "generator": state.generator.get_state()}
 
 
-def folds_state_dict(states: list[TrialState], config: TrialConfig) -> dict:
-    """The checkpoint of every fold model: fold 0 as in :func:`state_dict`, the others under ``folds``.
+def load_fold_state(state: TrialState, saved: dict) -> None:
+    """Load a :func:`fold_state_dict` into a freshly built model of the same config."""
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.schedule.load_state_dict(saved["schedule"])
+    state.generator.set_state(saved["generator"])
 
-    ``model`` is then fold 0's weights; ``fold_models`` lists every fold's, in fold order.
+
+def state_dict(states: list[TrialState], config: TrialConfig) -> dict:
+    """Everything needed to resume exactly: weights, optimizer, schedule, RNGs, history.
+
+    Fold 0 (the only model of a single-split trial) at the top level; the other fold
+    models of a cross-validated trial under ``folds``.
     """
-    checkpoint = state_dict(states[0], config)
+    checkpoint = {
+        "epoch": states[0].epoch,
+        **fold_state_dict(states[0]),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "config": config.to_dict(),
+        "history": states[0].history,
+    }
     if len(states) > 1:
         checkpoint["folds"] = [fold_state_dict(s) for s in states[1:]]
     return checkpoint
@@ -193,32 +194,19 @@ def fold_models(checkpoint: dict) -> list[dict]:
     return [checkpoint["model"], *[fold["model"] for fold in checkpoint.get("folds", [])]]
 
 
-def restore_folds(states: list[TrialState], checkpoint: dict) -> None:
-    """Load a :func:`folds_state_dict` checkpoint into freshly built fold models."""
+def restore(states: list[TrialState], checkpoint: dict) -> None:
+    """Load a checkpoint produced by :func:`state_dict` into freshly built (fold) models."""
     folds = checkpoint.get("folds", [])
     if len(folds) != len(states) - 1:
         raise TrialSetupError(f"the checkpoint holds {len(folds) + 1} fold model(s) but the config asks for "
                               f"cv_folds {len(states)}; resume with the config it was written with")
-    restore(states[0], checkpoint)
-    for state, fold in zip(states[1:], folds):
-        state.model.load_state_dict(fold["model"])
-        state.optimizer.load_state_dict(fold["optimizer"])
-        state.schedule.load_state_dict(fold["schedule"])
-        state.generator.set_state(fold["generator"])
-        state.epoch = states[0].epoch
-
-
-def restore(state: TrialState, checkpoint: dict) -> None:
-    """Load a checkpoint produced by :func:`state_dict` into a freshly built trial."""
-    state.model.load_state_dict(checkpoint["model"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
-    state.schedule.load_state_dict(checkpoint["schedule"])
-    state.generator.set_state(checkpoint["generator"])
+    for state, saved in zip(states, [checkpoint, *folds]):
+        load_fold_state(state, saved)
+        state.epoch = int(checkpoint["epoch"])
     torch.set_rng_state(checkpoint["torch_rng"])
     if checkpoint["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-    state.epoch = int(checkpoint["epoch"])
-    state.history = list(checkpoint["history"])
+    states[0].history = list(checkpoint["history"])
 
 
 def images_tensor(data: ImageDataset, device: torch.device) -> torch.Tensor:
@@ -307,10 +295,7 @@ def split_metrics(model: TransferModel, images: torch.Tensor, data: ImageDataset
     """Metrics of ``split`` (its unweighted cross-entropy as ``<split>_loss``) and its probabilities."""
     indices = data.splits[split]
     probs = predict(model, images, indices, spec, device, batch_size, compute)
-    labels = data.labels[indices]
-    metrics = classification_metrics(labels, probs, prefix=f"{split}_")
-    metrics[f"{split}_loss"] = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels)))
-    return metrics, probs
+    return scores(data.labels[indices], probs, prefix=f"{split}_"), probs
 
 
 def evaluate(state: TrialState, config: TrialConfig, images: torch.Tensor, data: ImageDataset,
@@ -352,7 +337,7 @@ def fold_datasets(config: TrialConfig, data: ImageDataset) -> list[ImageDataset]
         return [data]
     pool = fold_pool(data.splits)
     try:
-        held_out = make_folds(data.labels, pool, data.groups, config.cv_folds, list(data.class_names))
+        held_out = held_out_folds(data, config.cv_folds)
     except ValueError as err:  # DataError: too many folds for the data
         raise TrialSetupError(str(err)) from None
     return [dataclasses.replace(data, splits={"train": np.setdiff1d(pool, fold), "val": fold,
@@ -374,10 +359,7 @@ def combine_folds(per_fold: list[dict[str, float]], labels: np.ndarray, oof: np.
         combined[key] = float(finite.mean()) if len(finite) else float("nan")
         combined[f"{key}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
         combined.update({f"{key}_fold{k}": float(v) for k, v in enumerate(values)})
-    oof_metrics = classification_metrics(labels, oof, prefix="oof_")
-    oof_metrics["oof_loss"] = float(F.nll_loss(torch.log(torch.from_numpy(oof).clamp_min(1e-12)),
-                                               torch.from_numpy(labels)))
-    return {**combined, **oof_metrics}
+    return {**combined, **scores(labels, oof, prefix="oof_")}
 
 
 def run_trial(
@@ -403,7 +385,7 @@ def run_trial(
     folds = fold_datasets(config, data)
     states = [build_trial(config, fold) for fold in folds]
     if resume_from is not None:
-        restore_folds(states, load_checkpoint(resume_from))
+        restore(states, load_checkpoint(resume_from))
     state = states[0]
     images = images_tensor(data, state.device)
     trainable, total = state.model.trainable_parameters()
@@ -448,7 +430,7 @@ def run_trial(
         saved = None
         if checkpoint_dir is not None:
             saving = time.perf_counter()
-            save_checkpoint(folds_state_dict(states, config), checkpoint_dir)
+            save_checkpoint(state_dict(states, config), checkpoint_dir)
             # Labels and scores only (no images): enough for ROC curves, confusion matrices and,
             # at export, the decision threshold and temperature (out-of-fold under cross-validation).
             np.savez(Path(checkpoint_dir) / PREDICTIONS_FILE, labels=data.labels[val_idx], probs=probs,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from trainables.metrics import cross_entropy
+
 ECE_BINS = 15
 LOG_T_BOUNDS = (-3.0, 3.0)  # T in [0.05, 20]: beyond that the held-out set is the problem
 
@@ -29,10 +31,12 @@ def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def nll(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class."""
-    labels = np.asarray(labels, dtype=np.int64)
-    return float(-_log_probs(probs)[np.arange(len(labels)), labels].mean())
+nll = cross_entropy  # the mean negative log-likelihood, as trials report it (``val_loss``)
+
+
+def soft_vote(member_probs: list[np.ndarray], temperature: float = 1.0) -> np.ndarray:
+    """The mean of the members' temperature-scaled probabilities: what an exported ensemble outputs."""
+    return np.mean([scale(p, temperature) for p in member_probs], axis=0)
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:

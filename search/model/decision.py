@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from search.evaluation import AucInterval, auc_interval, choose_threshold, expected_calibration_error, fit_temperature, nll
-from search.evaluation.calibration import reliability, scale
+from search.evaluation.calibration import reliability, soft_vote
 from search.evaluation.threshold import parse_threshold, rates
 from trainables.trial import PREDICTIONS_FILE
 
@@ -86,8 +86,7 @@ def fit_decision(labels: np.ndarray, member_probs: list[np.ndarray], class_names
     pooled = np.concatenate(member_probs)
     calibration = fit_temperature(np.tile(labels, len(member_probs)), pooled) if calibrate else None
     temperature = calibration.temperature if calibration else 1.0
-    probs = np.mean(member_probs, axis=0)
-    scaled = np.mean([scale(p, temperature) for p in member_probs], axis=0)
+    probs, scaled = soft_vote(member_probs), soft_vote(member_probs, temperature)
     held_out = {"images": float(len(labels)), "nll_before": nll(labels, probs), "nll_after": nll(labels, scaled)}
     if len(class_names) != 2:
         return Decision(temperature, None, None, None, fitted_on, held_out)

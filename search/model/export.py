@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.evaluation.calibration import scale
+from search.evaluation.calibration import soft_vote
 from search.model.decision import (
     Decision,
     DecisionError,
@@ -61,12 +61,12 @@ from search.model.members import (
     EnsembleChoice,
     FinalModel,
     Probabilities,
+    cv_folds_of,
     default_ensemble,
     final_model,
     member_trials,
     parse_ensemble,
     rebuild_model,
-    trial_config,
 )
 from search.model.files import (
     CARD_FILE,
@@ -93,6 +93,7 @@ from search.records.tags import DATA_SKIPPED_TAG, SPACE_TAG, SPACE_TAG_LIMIT, ST
 from trainables.augment import InputSpec, prepare_batch
 from trainables.config import TrialConfig
 from trainables.data import ImageDataset
+from trainables.metrics import scores
 
 FORMAT_TOLERANCE = 1e-4  # max abs difference in probabilities a reloaded format may have to PyTorch
 CHECK_IMAGES = 64
@@ -293,15 +294,6 @@ def study_data(client: Any, study: Study, log: Log) -> tuple[Any, str, ImageData
     return space, text, data
 
 
-def split_scores(labels: np.ndarray, probs: np.ndarray, prefix: str) -> dict[str, float]:
-    """Metrics of ``probs`` as a trial reports them (``<prefix>auc``..., cross-entropy as ``<prefix>loss``)."""
-    from trainables.metrics import classification_metrics
-
-    scores = classification_metrics(labels, probs, prefix=prefix)
-    scores[f"{prefix}loss"] = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
-    return scores
-
-
 def evaluate_split(model: nn.Module, spec: InputSpec, data: ImageDataset, split: str,
                    batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Metrics (``<split>_auc``...), probabilities and labels of ``split`` on the CPU."""
@@ -496,13 +488,12 @@ def export_decision(study: Study, trials: list[BestTrial], ensemble: EnsembleCho
         raise ExportError("the top-K members' validation predictions are not on the same images (trials of "
                           "another split or fold count); use --ensemble none")
     member_probs = [h[3] for h in held_out]
-    cv = trial_config(study, trials[0]).cv_folds
+    cv = cv_folds_of(trials[0])
     if cv > 1 and ensemble.kind == "none" and not options.refit and indices is not None:
-        from trainables.data.folds import fold_pool, make_folds
+        from trainables.data.folds import held_out_folds
 
         # fold 0's model is exported: only its own held-out fold is unseen by it
-        own = np.isin(indices, make_folds(data.labels, fold_pool(data.splits), data.groups, cv,
-                                          list(data.class_names))[0])
+        own = np.isin(indices, held_out_folds(data, cv)[0])
         labels, member_probs = labels[own], [p[own] for p in member_probs]
         kind = "fold 0's held-out predictions"
     elif cv > 1:
@@ -576,19 +567,18 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     if len(data.splits["test"]) == 0:
         raise StudyError(f"the data of study {study.name!r} has no test split (data.test_fraction 0), so the "
                          "final model cannot be tested; run the study on data with a held-out test split")
-    ensemble = parse_ensemble(options.ensemble) if options.ensemble else default_ensemble(study, best)
+    ensemble = parse_ensemble(options.ensemble) if options.ensemble else default_ensemble(best)
     trials = member_trials(study, best, ensemble, data, options.refit, log)  # refuses an impossible ensemble
     decision = export_decision(study, trials, ensemble, space, data, options, log)
-    final = final_model(study, best, data, options.refit, ensemble, log)
+    final = final_model(study, trials, data, options.refit, ensemble, log)
     model, config = final.network, final.config
     spec = input_spec_for(config, data, model)
 
     # each member's probabilities on test; the export's are their (temperature-scaled) mean
     member_probs = [evaluate_split(m.network, spec, data, "test", m.config.eval_batch("cpu"))[1] for m in final.members]
     labels = data.labels[data.splits["test"]]
-    probs = np.mean(member_probs, axis=0)
-    calibrated = np.mean([scale(p, decision.temperature) for p in member_probs], axis=0)
-    test = split_scores(labels, calibrated, "test_")  # what the exported graphs and `search predict` give
+    probs, calibrated = soft_vote(member_probs), soft_vote(member_probs, decision.temperature)
+    test = scores(labels, calibrated, "test_")  # what the exported graphs and `search predict` give
     # at the export's decision (the threshold of a binary model), as `search predict` decides
     decisions = predicted_classes(calibrated, decision.threshold)
     matrix = confusion_matrix(labels, decisions, labels=list(range(data.num_classes))).tolist()
@@ -599,7 +589,7 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     config_json = export_config(space, data, final, spec, study, best, decision)
     decided = test_report(decision, labels, probs, calibrated)
     if len(member_probs) > 1:
-        decided["members_auc"] = [split_scores(labels, p, "")["auc"] for p in member_probs]
+        decided["members_auc"] = [scores(labels, p, "")["auc"] for p in member_probs]
     log(describe_decision(decision, decided))
     summary: dict[str, Any] = {
         "test": test, "decision": decision.to_dict(), "test_decision": decided, "test_confusion_matrix": matrix,

@@ -220,9 +220,14 @@ class FinalModel:
         return Probabilities([m.network for m in self.members])
 
 
-def default_ensemble(study: Study, best: BestTrial) -> EnsembleChoice:
-    """``folds`` when the best trial cross-validated (its config has cv_folds > 1), else ``none``."""
-    return EnsembleChoice("folds") if trial_config(study, best).cv_folds > 1 else EnsembleChoice("none")
+def cv_folds_of(trial: BestTrial) -> int:
+    """Folds the trial cross-validated over (1: the single split), from its recorded settings."""
+    return int(float(trial.params.get("cv_folds", 1)))
+
+
+def default_ensemble(best: BestTrial) -> EnsembleChoice:
+    """``folds`` when the best trial cross-validated, else ``none``."""
+    return EnsembleChoice("folds") if cv_folds_of(best) > 1 else EnsembleChoice("none")
 
 
 def _checkpoint_member(study: Study, trial: BestTrial, data: ImageDataset, log: Log) -> tuple[dict, Member]:
@@ -240,38 +245,35 @@ def _checkpoint_member(study: Study, trial: BestTrial, data: ImageDataset, log: 
     return saved, Member(network.eval(), config, trial, used, epoch, folder)
 
 
-def fold_members(study: Study, best: BestTrial, data: ImageDataset, log: Log) -> list[Member]:
-    """The best trial's K fold models (``--ensemble folds``).
-
-    Raises:
-        StudyError: the best trial did not cross-validate.
-    """
+def _fold_training_images(config: TrialConfig, data: ImageDataset, held_out: np.ndarray) -> int:
+    """Images a fold model trained on: train + val outside its held-out fold (its ``train_fraction`` of them)."""
     from trainables.data.folds import fold_pool
+
+    return training_images(config, data, np.setdiff1d(fold_pool(data.splits), held_out))
+
+
+def fold_members(study: Study, best: BestTrial, data: ImageDataset, log: Log) -> list[Member]:
+    """The best trial's K fold models (``--ensemble folds``; :func:`member_trials` checked it has them)."""
+    from trainables.data.folds import held_out_folds
     from trainables.trial import fold_models
 
     saved, first = _checkpoint_member(study, best, data, log)
     weights = fold_models(saved)
-    if len(weights) < 2:
-        raise StudyError(f"--ensemble folds needs a cross-validated trial, but trial {best.trial_id} of study "
-                         f"{study.name!r} trained one model (cv_folds 1); use --ensemble top-K, or run a study with "
-                         "`tune: {cv_folds: 5}` (or --cv 5)")
-    from trainables.data.folds import make_folds
-
-    pool = fold_pool(data.splits)
-    held = make_folds(data.labels, pool, data.groups, len(weights), list(data.class_names))
+    held = held_out_folds(data, len(weights))
     members = []
     for k, state in enumerate(weights):
         network = rebuild_model(first.config, data.num_classes, data.channels)
         network.load_state_dict(state)
-        used = training_images(first.config, data, np.setdiff1d(pool, held[k]))
-        members.append(dataclasses.replace(first, network=network.eval(), fold=k, train_images=used))
+        members.append(dataclasses.replace(first, network=network.eval(), fold=k,
+                                           train_images=_fold_training_images(first.config, data, held[k])))
     log(f"ensemble: the {len(members)} fold models of trial {best.trial_id}")
     return members
 
 
-def top_configs(study: Study, best: BestTrial, k: int, data: ImageDataset,
-                log: Log) -> list[tuple[BestTrial, TrialConfig]]:
-    """The ``k`` best trials sharing the best trial's preprocessing, with their configs (``top-K``).
+def top_k_trials(study: Study, best: BestTrial, k: int, data: ImageDataset, log: Log) -> list[BestTrial]:
+    """The ``k`` best trials sharing the best trial's preprocessing (``top-K``), best first.
+
+    Their preprocessing is read from their recorded settings (no checkpoint is loaded).
 
     Raises:
         StudyError: fewer than ``k`` finished trials, or fewer than ``k`` with that preprocessing.
@@ -281,10 +283,10 @@ def top_configs(study: Study, best: BestTrial, k: int, data: ImageDataset,
 
     client = study.client()
     top_trials(client, study, k, best.metric)  # refuses fewer than k finished trials
-    chosen: list[tuple[BestTrial, TrialConfig]] = []
+    chosen: list[BestTrial] = []
     spec: InputSpec | None = None
     for trial in finished_trials(client, study, best.metric):
-        config = trial_config(study, trial)
+        config = TrialConfig.from_dict(dict(trial.params))
         trial_spec = input_spec_for(config, data, rebuild_model(config, data.num_classes, data.channels))
         if spec is None:
             spec = trial_spec
@@ -292,7 +294,7 @@ def top_configs(study: Study, best: BestTrial, k: int, data: ImageDataset,
             log(f"ensemble: skipped trial {trial.trial_id} ({trial.metric} {trial.value:.4f}): its preprocessing "
                 f"{trial_spec} differs from the best trial's {spec}, and all members take one batch")
             continue
-        chosen.append((trial, config))
+        chosen.append(trial)
         if len(chosen) == k:
             return chosen
     fix = f"use --ensemble top-{len(chosen)}" if len(chosen) >= 2 else "use --ensemble none"
@@ -302,14 +304,14 @@ def top_configs(study: Study, best: BestTrial, k: int, data: ImageDataset,
 
 def member_trials(study: Study, best: BestTrial, ensemble: EnsembleChoice, data: ImageDataset, refit: bool,
                   log: Log) -> list[BestTrial]:
-    """The trials an export's members come from, refusing ensembles the study cannot give.
+    """The trials an export's members come from (the best first), refusing ensembles the study cannot give.
 
     Raises:
         StudyError: ``folds`` for a trial that did not cross-validate; ``top-K`` without
             ``--refit`` in a cross-validated study (each trial holds K fold models, not one
             network on its split); fewer than K trials to choose from.
     """
-    folds = trial_config(study, best).cv_folds
+    folds = cv_folds_of(best)
     if ensemble.kind == "folds" and folds < 2:
         raise StudyError(f"--ensemble folds needs a cross-validated trial, but trial {best.trial_id} of study "
                          f"{study.name!r} trained one model (cv_folds 1); use --ensemble top-K, or run a study with "
@@ -319,47 +321,44 @@ def member_trials(study: Study, best: BestTrial, ensemble: EnsembleChoice, data:
             raise StudyError(f"--ensemble {ensemble} of a cross-validated study: each trial holds {folds} fold "
                              "models, not one network; use --ensemble folds (the best trial's fold models), or "
                              f"--ensemble {ensemble} --refit (each trial retrained on train + val)")
-        return [trial for trial, _ in top_configs(study, best, ensemble.k, data, log)]
+        return top_k_trials(study, best, ensemble.k, data, log)
     return [best]
 
 
-def final_model(study: Study, best: BestTrial, data: ImageDataset, refit: bool, ensemble: EnsembleChoice,
+def final_model(study: Study, trials: list[BestTrial], data: ImageDataset, refit: bool, ensemble: EnsembleChoice,
                 log: Log) -> FinalModel:
-    """The networks to export: checkpoints of the chosen members, or their refits on train + val."""
+    """The networks to export from the :func:`member_trials`: their checkpoints, or refits on train + val."""
+    best = trials[0]
     if refit:
         if ensemble.kind == "folds":
             log("refit of a fold ensemble: one model on train + val (the fold models would all be the same "
                 "configuration trained on the same images)")
             ensemble = EnsembleChoice("none")
-        chosen = top_configs(study, best, ensemble.k, data, log) if ensemble.kind == "top" else \
-            [(best, trial_config(study, best))]
         members = []
-        for trial, config in chosen:
+        for trial in trials:
+            config = trial_config(study, trial)
             network, used = refit_model(config, data, trial.epoch, log)
             members.append(Member(network.cpu().eval(), dataclasses.replace(config, cv_folds=1), trial, used,
                                   trial.epoch, None))
         return FinalModel(members, ensemble)
     if ensemble.kind == "folds":
         return FinalModel(fold_members(study, best, data, log), ensemble)
+    members = [_checkpoint_member(study, trial, data, log)[1] for trial in trials]
     if ensemble.kind == "top":
-        chosen = top_configs(study, best, ensemble.k, data, log)
-        members = [_checkpoint_member(study, trial, data, log)[1] for trial, _ in chosen]
         log(f"ensemble: the top {ensemble.k} trials " + ", ".join(f"{m.trial.trial_id} ({m.trial.value:.4f})"
                                                                   for m in members))
-        return FinalModel(members, ensemble)
-    member = _checkpoint_member(study, best, data, log)[1]
-    if member.config.cv_folds > 1:
-        from trainables.data.folds import fold_pool, make_folds
+    elif members[0].config.cv_folds > 1:
+        from trainables.data.folds import held_out_folds
 
-        pool = fold_pool(data.splits)
-        held = make_folds(data.labels, pool, data.groups, member.config.cv_folds, list(data.class_names))[0]
-        member.train_images = training_images(member.config, data, np.setdiff1d(pool, held))
+        member = members[0]
+        member.fold = 0
+        member.train_images = _fold_training_images(member.config, data,
+                                                    held_out_folds(data, member.config.cv_folds)[0])
         log(f"--ensemble none on a cross-validated trial: exporting the model of fold 0, trained on "
             f"{member.config.cv_folds - 1} of its {member.config.cv_folds} folds (--ensemble folds exports all of "
             "them, --refit one model on all of train + val)")
-        member.fold = 0
-    return FinalModel([member], ensemble)
+    return FinalModel(members, ensemble)
 
 
-__all__ = ["EnsembleChoice", "FinalModel", "Member", "Probabilities", "default_ensemble", "final_model",
+__all__ = ["EnsembleChoice", "FinalModel", "Member", "Probabilities", "cv_folds_of", "default_ensemble", "final_model",
            "member_trials", "parse_ensemble", "rebuild_model", "refit_model", "trial_config", "training_images"]

@@ -53,10 +53,10 @@ from search.model.export import (
     WEIGHTS_FILE,
     altered_export,
     data_content_digest,
-    rebuild_model,
     reexport_command,
     verify_export,
 )
+from search.model.members import Probabilities, rebuild_model
 from trainables.augment import InputSpec, prepare_batch
 from trainables.config import DataConfig, TrialConfig
 from trainables.data import ImageDataset
@@ -82,9 +82,13 @@ class ExportedModel:
 
     directory: Path
     config: dict[str, Any]
-    network: nn.Module
+    members: list[nn.Module]  # one network, or an ensemble's (the best trial's first)
     spec: InputSpec
-    members: list[nn.Module] | None = None  # an ensemble's networks (``network`` is the first); None: one
+
+    @property
+    def network(self) -> nn.Module:
+        """The first (or only) member: the best trial's network."""
+        return self.members[0]
 
     @property
     def class_names(self) -> list[str]:
@@ -113,11 +117,11 @@ class ExportedModel:
             PredictError: some probabilities are NaN or infinite (broken weights or
                 preprocessing: a prediction from them would be a label with no meaning).
         """
+        vote = Probabilities(self.members, self.temperature).eval()  # what the exported graphs compute
         out = []
         for start in range(0, len(images), batch_size):
             x = prepare_batch(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])), self.spec)
-            members = self.members or [self.network]
-            out.append(torch.stack([torch.softmax(m(x) / self.temperature, dim=1) for m in members]).mean(0).numpy())
+            out.append(vote(x).numpy())
         probs = np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
         bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
         if len(bad):
@@ -286,8 +290,7 @@ def load_exported(directory: str | Path, warn: Log = _warn) -> ExportedModel:
         raise PredictError(f"{directory / CONFIG_FILE}: ensemble.members must be a list, but is {listed!r}; "
                            f"re-export it with {reexport_command(directory, study.get('name'))}")
     members = [{"weights": WEIGHTS_FILE, "trial_config": config["trial_config"]}, *listed[1:]]
-    networks = [_load_member(directory, config, member, spec) for member in members]
-    return ExportedModel(directory, config, networks[0], spec, networks if len(networks) > 1 else None)
+    return ExportedModel(directory, config, [_load_member(directory, config, member, spec) for member in members], spec)
 
 
 def _load_member(directory: Path, config: dict[str, Any], member: dict[str, Any], spec: InputSpec) -> nn.Module:

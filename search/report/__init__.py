@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -68,9 +68,9 @@ def write_report(study: Study, out: Path | None = None, top: int = 10, notes: st
     for old in [*out.glob("*.png"), out / REPORT_FILE]:
         old.unlink(missing_ok=True)
     space = _space(client, study, log)
+    predictions = _trial_predictions(client, study)
     context = Context(records=records, space=space, out=out, top=top, data_shape=_data_shape(space),
-                      best_predictions=lambda: _best_predictions(client, study),
-                      trial_predictions=_trial_predictions(client, study))
+                      best_predictions=predictions, trial_predictions=predictions)
     sections = []
     for build in SECTIONS:
         started = time.perf_counter()
@@ -168,37 +168,23 @@ def _data_shape(space) -> Callable[[], tuple[int, int, int]]:
     return load
 
 
-def _best_predictions(client, study: Study) -> tuple[np.ndarray, np.ndarray] | None:
-    """The best trial's validation labels and probabilities saved with its best checkpoint."""
-    from search.records.studies import best_checkpoint, best_trial
-    from trainables.trial import PREDICTIONS_FILE
-
-    try:
-        best, _ = best_trial(client, study)
-        folder, _ = best_checkpoint(study, best)
-        saved = np.load(folder / PREDICTIONS_FILE)
-        return saved["labels"], saved["probs"]
-    except (StudyError, OSError, KeyError, ValueError):
-        return None
-
-
 def _trial_predictions(client, study: Study):
-    """A loader of any finished trial's held-out ``(labels, probs)`` at its selected epoch, by trial id."""
-    import zipfile
-
+    """A loader of a finished trial's held-out ``(labels, probs)`` at its selected epoch, by trial id
+    (``None``: the best trial); it returns None when the trial or its predictions are gone."""
+    from search.model.decision import DecisionError, held_out_predictions
     from search.records.studies import best_checkpoint, finished_trials
-    from trainables.trial import PREDICTIONS_FILE
 
-    trials: dict[str, object] = {}
+    trials: dict[str | None, Any] = {}
 
-    def load(trial_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def load(trial_id: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         try:
             if not trials:
-                trials.update({t.trial_id: t for t in finished_trials(client, study)})
+                finished = finished_trials(client, study)
+                trials.update({t.trial_id: t for t in finished})
+                trials[None] = finished[0]
             folder, _ = best_checkpoint(study, trials[trial_id])
-            with np.load(folder / PREDICTIONS_FILE) as saved:
-                return saved["labels"], saved["probs"]
-        except (StudyError, OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            return held_out_predictions(folder)[:2]
+        except (StudyError, DecisionError, KeyError):
             return None
 
     return load

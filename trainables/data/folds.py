@@ -15,10 +15,15 @@ two folds.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .errors import DataError
 from .splits import units
+
+if TYPE_CHECKING:
+    from .dataset import ImageDataset
 
 _FOLD_SALT = 3
 
@@ -93,4 +98,9 @@ def make_folds(labels: np.ndarray, pool: np.ndarray, groups: np.ndarray | None, 
     return [np.sort(pool[image_fold == f]).astype(np.int64) for f in range(k)]
 
 
-__all__ = ["check_folds", "fold_pool", "make_folds"]
+def held_out_folds(data: "ImageDataset", k: int) -> list[np.ndarray]:
+    """The held-out images of each of a data set's ``k`` folds: those every trial of a study uses."""
+    return make_folds(data.labels, fold_pool(data.splits), data.groups, k, list(data.class_names))
+
+
+__all__ = ["check_folds", "fold_pool", "held_out_folds", "make_folds"]
