@@ -71,6 +71,22 @@ def _cv(value: str | None) -> int | str | None:
         raise ValueError(f"--cv must be an integer >= 1 or auto, but got {value!r}") from None
 
 
+def next_steps(name: str, storage: str | None) -> str:
+    """The commands that follow a finished study: export, report, MLflow UI."""
+    import shlex
+
+    from search.records.studies import find_study
+
+    where = f" --storage {shlex.quote(storage)}" if storage else ""
+    study = find_study(name, storage)
+    return "\n".join([
+        "next:",
+        f"  search best {name}{where} --export exports/{name}    # the final model, tested once on the test split",
+        f"  search report {name}{where}    # what the study found: Markdown + plots, also in MLflow",
+        f"  mlflow ui --backend-store-uri {shlex.quote(study.tracking_uri)}    # compare the trials",
+    ])
+
+
 def _run(args: argparse.Namespace) -> int:
     from search.study import StudyOptions, run_study
     from trainables.data import DataError
@@ -83,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if outcome.status == "finished" and outcome.counts:
+        print(next_steps(outcome.name, args.storage), flush=True)
     if outcome.status == "interrupted":
         print(f"study {outcome.name} interrupted; resume it with: {outcome.resume}", file=sys.stderr)
     elif outcome.status == "no_trial_finished":
@@ -126,10 +144,14 @@ def _list(args: argparse.Namespace) -> int:
 def _best(args: argparse.Namespace) -> int:
     from search.records.studies import best_trial, find_study
 
-    if (args.refit or args.register or args.force or args.threshold or args.no_calibrate or args.ensemble) \
-            and not args.export:
-        raise ValueError("--refit, --register, --force, --threshold, --no-calibrate and --ensemble act on an "
+    if (args.refit or args.register or args.force or args.threshold or args.no_calibrate or args.ensemble
+            or args.tta) and not args.export:
+        raise ValueError("--refit, --register, --force, --threshold, --no-calibrate, --ensemble and --tta act on an "
                          "export: add --export DIR")
+    if args.tta is not None:
+        from search.model.views import parse_tta
+
+        parse_tta(args.tta)  # refused before any data is loaded
     if args.ensemble is not None:
         from search.model.members import parse_ensemble
 
@@ -159,7 +181,8 @@ def _best(args: argparse.Namespace) -> int:
 
         export_best(study, ExportOptions(directory=Path(args.export), force=args.force, refit=args.refit,
                                          register=args.register, metric=args.metric, threshold=args.threshold,
-                                         calibrate=False if args.no_calibrate else None, ensemble=args.ensemble))
+                                         calibrate=False if args.no_calibrate else None, ensemble=args.ensemble,
+                                         tta=args.tta))
     return 0
 
 
@@ -276,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: the space's export.threshold, youden)")
     best.add_argument("--ensemble", metavar="KIND", help="folds (the best trial's fold models; the default when it "
                       "cross-validated), top-K (the K best trials, K >= 2) or none; members are soft-voted")
+    best.add_argument("--tta", metavar="VIEWS", help="test-time augmentation built into the exported graphs: none, "
+                      "flip (image + left-right mirror) or dihedral (8 rotations and mirrors); default: the "
+                      "space's export.tta, none")
     best.add_argument("--no-calibrate", action="store_true", help="skip temperature scaling (default: the "
                       "space's export.calibrate, on)")
     best.add_argument("--register", metavar="MODEL_NAME", help="also register the ONNX model in the MLflow model "

@@ -90,3 +90,18 @@ def test_generalization_spaces_validate_and_the_report_judges_the_targets(tmp_pa
     out = capsys.readouterr().out
     assert "| (b) TPE+ASHA, 5-fold CV, fold ensemble | 0.830 (0.780-0.880) | 0.840 | 0.010 |" in out
     assert "(e) fixed recipe, no search: no model (error: no finished trial)" in out
+
+
+def test_asha_replay_stops_below_the_cutoff_unless_within_the_margin():
+    asha = _load("asha_noise")
+    assert asha.rungs(1) == [1, 3] and asha.rungs(2) == [2] and asha.rungs(3) == [3]
+    # trial 2 starts worst and ends best: grace 1 stops it at epoch 1, a margin of 0.1 lets it through
+    curves = [np.array([0.80, 0.81, 0.82, 0.83, 0.83, 0.83]), np.array([0.85, 0.85, 0.86, 0.86, 0.86, 0.86]),
+              np.array([0.78, 0.85, 0.90, 0.92, 0.93, 0.94])]
+    order = np.array([0, 1, 2])
+    assert asha.replay(curves, order, grace=1, margin=0.0) == (1, 6 + 6 + 1)
+    assert asha.replay(curves, order, grace=1, margin=0.1) == (2, 18)
+    assert asha.replay(curves, order, grace=2, margin=0.0) == (2, 18)  # by epoch 2 it is ahead
+    rows = {(r["grace"], r["margin"]): r for r in asha.measure(curves, se=0.05)}
+    assert rows[(1, 2.0)]["found"] == 1.0 and rows[(1, 2.0)]["cost"] == 1.0 and rows[(1, 2.0)]["regret"] == 0.0
+    assert rows[(1, 0.0)]["found"] < 1.0 and rows[(1, 0.0)]["regret"] > 0.0 and rows[(1, 0.0)]["cost"] < 1.0

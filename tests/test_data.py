@@ -501,9 +501,14 @@ def test_missing_column_lists_columns_and_closest(pcam_folder: Path) -> None:
 
 def test_bad_labels_and_split_values(tmp_path: Path, pcam_folder: Path, pcam_rows: list[dict[str, str]]) -> None:
     rows = [dict(r, path=str(pcam_folder.parent / r["path"])) for r in pcam_rows[:4]]
-    write_csv(tmp_path / "names.csv", [dict(r, label="tumour") for r in rows], ["path", "label"])
-    with pytest.raises(DataError, match=r"'tumour'.*not an integer.*label_name"):
-        load_dataset(cfg(tmp_path / "names.csv"))
+    write_csv(tmp_path / "mixed.csv", [dict(r, label="tumour" if i % 2 else "1") for i, r in enumerate(rows)],
+              ["path", "label"])
+    with pytest.raises(DataError, match=r"labels in column 'label' mix class names \(2, e.g. 'tumour'\) and "
+                                        r"numbers \(2, e.g. '1'\); write every label the same way"):
+        load_dataset(cfg(tmp_path / "mixed.csv"))
+    write_csv(tmp_path / "half.csv", [dict(r, label="1.5") for r in rows], ["path", "label"])
+    with pytest.raises(DataError, match=r"label '1.5' in column 'label' is not an integer"):
+        load_dataset(cfg(tmp_path / "half.csv"))
     write_csv(tmp_path / "split.csv", [dict(r, split="holdout") for r in rows], ["path", "label", "split"])
     with pytest.raises(DataError, match=r"'holdout'.*train, val"):
         load_dataset(cfg(tmp_path / "split.csv"))
@@ -620,3 +625,34 @@ def test_kermany_full_zip_native_size_and_cache(kermany_zip: Path) -> None:
     with pytest.warns(DataWarning, match="allow_group_overlap"):
         again = load_dataset(config)
     assert again.from_cache and again.fingerprint == ds.fingerprint and again.group_overlap == 170
+
+
+def test_class_names_in_the_label_column_are_classes_in_sorted_order_or_the_order_given(
+        tmp_path: Path, pcam_folder: Path, pcam_rows: list[dict[str, str]]) -> None:
+    names = {"0": "normal", "1": "tumour"}  # the manifest's label_name column says normal, tumor
+    rows = [dict(r, path=str(pcam_folder.parent / r["path"]), label=names[r["label"]]) for r in pcam_rows]
+    write_csv(tmp_path / "names.csv", rows, ["path", "label", "split"])
+    by_index = load_dataset(cfg(pcam_folder))
+    named = load_dataset(cfg(tmp_path / "names.csv"))
+    assert named.class_names == ["normal", "tumour"]  # sorted
+    assert np.array_equal(named.labels, by_index.labels) and np.array_equal(named.images, by_index.images)
+    # data.classes fixes the order: tumour first makes normal the positive class (index 1)
+    flipped = load_dataset(cfg(tmp_path / "names.csv", classes=("tumour", "normal")))
+    assert flipped.class_names == ["tumour", "normal"] and np.array_equal(flipped.labels, 1 - by_index.labels)
+    assert flipped.fingerprint != named.fingerprint  # another labelling: never the same cache entry or study
+    # bare integer labels (no names anywhere): data.classes names them in index order
+    write_csv(tmp_path / "ints.csv", [dict(r, label=str(int(r["label"] == "tumour"))) for r in rows],
+              ["path", "label", "split"])
+    bare = load_dataset(cfg(tmp_path / "ints.csv", classes=("benign", "metastasis")))
+    assert bare.class_names == ["benign", "metastasis"] and np.array_equal(bare.labels, by_index.labels)
+    with pytest.raises(DataError, match=r"\['tumor'\] in data.classes is not a class of the data; the data's class "
+                                        r"\['tumour'\] is missing from data.classes; the data's classes are "
+                                        r"\['normal', 'tumour'\]"):
+        load_dataset(cfg(tmp_path / "names.csv", classes=("normal", "tumor")))
+    with pytest.raises(DataError, match=r"the data's class \['tumour'\] is missing from data.classes"):
+        load_dataset(cfg(tmp_path / "names.csv", classes=("normal",)))
+    with pytest.raises(ConfigError, match="data setting 'classes' must be distinct names"):
+        cfg(tmp_path / "names.csv", classes=("normal", "normal"))
+    write_csv(tmp_path / "both.csv", [dict(r, label_name=r["label"]) for r in rows], ["path", "label", "label_name"])
+    with pytest.raises(DataError, match="holds class names, so column 'label_name' cannot name them again"):
+        load_dataset(cfg(tmp_path / "both.csv"))

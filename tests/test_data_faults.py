@@ -158,7 +158,7 @@ def test_empty_and_missing_label_cells_in_csv_are_counted(tmp_path: Path, pngs: 
     rows = [dict(r) for r in pngs]
     rows[2]["label"] = rows[5]["label"] = ""
     manifest = write_csv(tmp_path / "labels.csv", rows, ["path", "label"])
-    with pytest.raises(DataError, match=r"labels in column 'label' must be integer class indices, but 2 of 40 "
+    with pytest.raises(DataError, match=r"labels in column 'label' must be class indices or class names, but 2 of 40 "
                                         r"labels are empty \(first at line 4\)") as info:
         load_dataset(cfg(manifest))
     assert "drop the rows of unlabelled images" in str(info.value)

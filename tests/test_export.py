@@ -164,6 +164,11 @@ def test_best_prints_best_trial_and_leaderboard(study, record, root, capsys):
     assert best_run.info.run_id in out and f"lr = {best_run.data.params['lr']}" in out
     table = out.split("top 2 of 4 trials by val_auc (max):\n", 1)[1].strip().splitlines()
     assert len(table) == 3 and table[1].split()[0] == tags["medtune.trial_id"], out  # header + 2 rows
+    # the run printed what to do next, with this study's storage and tracking URI
+    log = (root / "quick.log").read_text()
+    assert f"  search best quick --storage {storage(root)} --export exports/quick" in log
+    assert f"  search report quick --storage {storage(root)}" in log
+    assert f"  mlflow ui --backend-store-uri {record['tracking_uri']}" in log
 
     # Another metric ranks by its best epoch in each trial's history.
     assert search("best", "quick", "--storage", storage(root), "--metric", "val_loss", "--top", "1") == 0
@@ -454,7 +459,7 @@ def test_export_manifest_covers_every_file_and_predict_refuses_altered_files(exp
     assert manifest["algorithm"] == "sha256" and set(manifest["files"]) == files
     for name, entry in manifest["files"].items():
         assert entry == {"sha256": sha256(exported / name), "bytes": (exported / name).stat().st_size}, name
-    assert json.loads((exported / "config.json").read_text())["format_version"] == 3
+    assert json.loads((exported / "config.json").read_text())["format_version"] == 4
 
     npz = str(data_root / "medmnist" / "pneumoniamnist.npz")
     out = root / "altered.csv"
@@ -738,8 +743,18 @@ def cv_study(root: Path) -> Path:
     return run_study(root, CV_SPACE)
 
 
+# the test-time views by hand, in NumPy: the image, then its mirror, each in 4 quarter turns
+HAND_VIEWS = {
+    "none": [lambda a: a],
+    "flip": [lambda a: a, lambda a: a[..., ::-1]],
+    "dihedral": [lambda a, k=k, m=m: np.rot90(a[..., ::-1] if m else a, k, axes=(-2, -1))
+                 for m in (False, True) for k in range(4)],
+}
+
+
 def _members_mean(folder: Path, x: torch.Tensor) -> np.ndarray:
-    """The soft vote computed by hand from the member safetensors files and the stored temperature."""
+    """The soft vote computed by hand from the member safetensors files, the stored
+    temperature and the stored test-time views."""
     from safetensors.torch import load_model
 
     from search.model.export import rebuild_model
@@ -750,8 +765,10 @@ def _members_mean(folder: Path, x: torch.Tensor) -> np.ndarray:
     for member in config["ensemble"]["members"]:
         network = rebuild_model(TrialConfig.from_dict(member["trial_config"]), 2, 1)
         load_model(network, str(folder / member["weights"]))
-        with torch.no_grad():
-            outs.append(torch.softmax(network(x) / config["decision"]["temperature"], 1).numpy())
+        for hand_view in HAND_VIEWS[config.get("tta", "none")]:
+            viewed = torch.from_numpy(np.ascontiguousarray(hand_view(x.numpy())))
+            with torch.no_grad():
+                outs.append(torch.softmax(network(viewed) / config["decision"]["temperature"], 1).numpy())
     return np.mean(outs, axis=0)
 
 
@@ -866,3 +883,46 @@ def test_impossible_ensembles_are_refused_before_anything_is_written(cv_study, s
         assert search("best", name, "--storage", storage_dir, "--export", str(target), "--ensemble", choice) == 2
         assert message in capsys.readouterr().err
         assert not target.exists()
+
+
+def test_test_time_views_are_built_into_the_graphs_and_the_decision(cv_study, study, root, data, capsys):
+    import onnxruntime
+
+    from search.model.predict import load_exported
+    from trainables.augment import InputSpec, prepare_batch
+    from trainables.data.folds import fold_pool
+
+    # an unknown view set is refused before any data loads
+    refused_dir = root / "exports" / "tta-spin"
+    assert search("best", "quick", "--storage", str(study.parent), "--export", str(refused_dir), "--tta", "spin") == 2
+    assert "--tta 'spin' is not a choice: use none, flip" in capsys.readouterr().err and not refused_dir.exists()
+
+    for name, storage, kind, views, target in [
+            ("quickcv", cv_study.parent, "dihedral", 8, root / "exports" / "quickcv-dihedral"),
+            ("quick", study.parent, "flip", 2, root / "exports" / "quick-top2-flip")]:
+        extra = ["--ensemble", "top-2"] if name == "quick" else []
+        assert search("best", name, "--storage", str(storage), "--export", str(target), "--tta", kind, *extra) == 0
+        assert f"next: search predict {target.resolve()} IMAGES_OR_DATA" in capsys.readouterr().out
+        config = json.loads((target / "config.json").read_text())
+        assert config["tta"] == kind
+        # the decision is fitted on the held-out images scored again under the same views
+        assert f"scored again under the {views} views of --tta {kind}" in config["decision"]["fitted_on"]
+        loaded = cv_dataset(cv_study) if name == "quickcv" else data
+        held_out = len(fold_pool(loaded.splits)) if name == "quickcv" else len(loaded.splits["val"])
+        assert config["decision"]["held_out"]["images"] == held_out
+        pre = config["preprocess"]
+        spec = InputSpec(pre["crop_size"], pre["input_size"], pre["in_chans"], tuple(pre["mean"]), tuple(pre["std"]))
+        images = loaded.images[loaded.splits["test"][:40]]
+        x = prepare_batch(torch.from_numpy(images), spec)
+        expected = _members_mean(target, x)
+        session = onnxruntime.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], expected, atol=1e-5)
+        np.testing.assert_allclose(torch.jit.load(str(target / "model.torchscript.pt"))(x).detach().numpy(),
+                                   expected, atol=1e-6)
+        np.testing.assert_allclose(load_exported(target).probabilities(images), expected, atol=1e-6)
+        metrics = json.loads((target / "metrics.json").read_text())
+        assert metrics["tta"] == kind and 0.0 <= metrics["test_decision"]["auc_without_tta"] <= 1.0
+        assert len(metrics["test_decision"]["members_auc"]) == len(config["ensemble"]["members"])
+        assert metrics["test"]["test_auc"] == pytest.approx(metrics["test_decision"]["auc"], abs=1e-12)
+        card = (target / "MODEL_CARD.md").read_text()
+        assert f"Test-time augmentation: {kind} ({views} views" in card

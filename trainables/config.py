@@ -269,13 +269,27 @@ class DataConfig:
     format: Literal["auto", "npz", "csv", "imagefolder", "kaggle_pcam"] = setting(
         "auto", doc="how to read `source`; `auto` detects it")
     path_column: str = setting("path", doc="CSV column with each image's path")
-    label_column: str = setting("label", doc="CSV column with each image's integer label")
+    label_column: str = setting("label", doc="CSV column with each image's label: a class index 0..K-1 or a "
+                                             "class name (`benign`, `malignant`: classes in sorted order)")
     split_column: str | None = setting(None, doc="CSV column with `train`/`val`/`test` (`valid` accepted); "
                                                  "null: the `split` column when there is one")
     group_column: str | None = setting(None, doc="patient/group id column: no group is ever in two splits; "
                                                  "null: no groups")
     label_name_column: str | None = setting(None, doc="CSV column with class names; null: the `label_name` "
                                                       "column when there is one")
+    classes: tuple[str, ...] = setting(
+        (), doc="the class names in class-index order, to fix the order (and so the positive class, index 1 of "
+                "two) of class names in the labels, a `label_name` column or ImageFolder folders; every class "
+                "of the data once; []: sorted names (or the source's order)",
+        rule=Rule("distinct names", lambda v: len(set(v)) == len(v) and all(str(n).strip() for n in v),
+                  "list each class name once, e.g. [normal, pneumonia]"))
+    window: tuple[float, ...] = setting(
+        (), doc="DICOM files: the display window `[centre, width]` (in the modality's units, e.g. `[40, 400]` for "
+                "soft tissue in CT Hounsfield units) mapped to 0..255; []: each file's own WindowCenter/WindowWidth, "
+                "else its min-max",
+        rule=Rule("[] or [centre, width] with width > 0",
+                  lambda v: len(v) == 0 or (len(v) == 2 and all(math.isfinite(x) for x in v) and v[1] > 0),
+                  "e.g. window: [40, 400]"))
     image_size: int | None = setting(
         None, doc="decode every image to this square size; null: the native size, which must then be the "
                   "same for every image",

@@ -65,6 +65,24 @@ def _delong_covariance(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarr
     return auc, s10 / m + s01 / n
 
 
+def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
+    """The standard error of an AUC on ``positives`` + ``negatives`` images before any are
+    scored (Hanley & McNeil 1982): how far apart two equally good models may land on a
+    split of that size. It assumes exponential score distributions; for binormal scores
+    it errs on the wide side (by about a quarter at AUC 0.9 on 20 + 58 images).
+
+    Raises:
+        ValueError: fewer than one positive or one negative image, or an AUC outside [0, 1].
+    """
+    if positives < 1 or negatives < 1 or not 0.0 <= auc <= 1.0:
+        raise ValueError(f"an AUC's standard error needs an AUC in [0, 1] and images of both classes, got AUC "
+                         f"{auc}, {positives} positive and {negatives} negative images")
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) \
+        / (positives * negatives)
+    return float(np.sqrt(max(variance, 0.0)))
+
+
 def auc_interval(labels: np.ndarray, probs: np.ndarray, seed: int = 0) -> AucInterval:
     """AUC of ``probs`` ``(N, K)`` against ``labels`` with its 95% interval.
 

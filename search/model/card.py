@@ -112,6 +112,12 @@ def _decision_section(config: dict[str, Any], summary: dict[str, Any]) -> list[s
         lines.append("- The threshold and temperature were set on single fold models' out-of-fold predictions; the "
                      "export averages all fold models, which is somewhat less confident, so the test numbers here "
                      "are the ones to trust for the operating point.")
+    tta = config.get("tta", "none")
+    if tta != "none":
+        views = {"flip": "2 views: the image and its left-right mirror",
+                 "dihedral": "8 views: its 4 quarter turns and those of its mirror"}[tta]
+        lines.append(f"- Test-time augmentation: {tta} ({views}), averaged inside the graphs; the decision was "
+                     f"fitted under the same views. Test AUC without the views: {test['auc_without_tta']:.4f}.")
     scaled = decision["temperature"] != 1.0
     lines += [
         f"- Temperature scaling: T = {decision['temperature']:.4f}, fitted on the same held-out predictions "
@@ -208,9 +214,10 @@ def model_card(config: dict[str, Any], summary: dict[str, Any], space_text: str)
         lines.append(f"| {label} | {_number(val) if val is not None else '-'} | {_number(summary['test'][key])} |")
     lines += [
         "",
-        "Binary tasks count class 1 as positive: sensitivity is its recall, specificity the recall of class 0; "
-        "the accuracy, F1, sensitivity and specificity rows are at the argmax (probability 0.5), the operating "
-        "point below is the export's own decision."
+        f"Binary tasks count class 1, `{names[1]}`, as positive (`data.classes` in the space sets the order): "
+        f"sensitivity is its recall, specificity the recall of class 0, `{names[0]}`; the accuracy, F1, "
+        "sensitivity and specificity rows are at the argmax (probability 0.5), the operating point below is the "
+        "export's own decision."
         if len(names) == 2 else "Sensitivity and specificity are macro averages over the classes (one vs rest).",
         "",
         *_decision_section(config, summary),

@@ -16,6 +16,9 @@ What the export folder holds, and why:
 - ``config.json``'s ``decision``: the temperature and, for a binary model, the decision
   threshold, both fitted on the chosen trial's validation predictions
   (:mod:`search.model.decision`); ``search predict`` applies the threshold for ``pred``.
+- ``config.json``'s ``tta``: the test-time views the graphs average over
+  (:mod:`search.model.views`; ``none`` by default). With views, the temperature and
+  threshold are fitted on held-out predictions under the same views.
 - ``MODEL_CARD.md``, ``metrics.json``, ``roc_curve.png`` (the operating point marked),
   ``confusion_matrix.png`` (at the threshold), ``reliability.png``.
 - ``manifest.json``: the SHA-256 and size of every other file, ``config.json`` included,
@@ -36,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 import shutil
 import tempfile
 import time
@@ -64,10 +68,13 @@ from search.model.members import (
     cv_folds_of,
     default_ensemble,
     final_model,
+    held_out_view_probabilities,
     member_trials,
     parse_ensemble,
     rebuild_model,
+    view_probabilities,
 )
+from search.model.views import parse_tta
 from search.model.files import (
     CARD_FILE,
     CONFIG_FILE,
@@ -225,6 +232,8 @@ class ExportOptions:
         calibrate: fit temperature scaling; None: the space's ``export.calibrate``.
         ensemble: ``none``, ``folds`` or ``top-K`` (:mod:`search.model.members`); None:
             ``folds`` when the best trial cross-validated, else ``none``.
+        tta: test-time views, ``none``, ``flip`` or ``dihedral`` (:mod:`search.model.views`);
+            None: the space's ``export.tta``.
     """
 
     directory: Path
@@ -235,6 +244,7 @@ class ExportOptions:
     threshold: str | None = None
     calibrate: bool | None = None
     ensemble: str | None = None
+    tta: str | None = None
 
 
 def check_target(directory: Path, force: bool) -> None:
@@ -294,17 +304,8 @@ def study_data(client: Any, study: Study, log: Log) -> tuple[Any, str, ImageData
     return space, text, data
 
 
-def evaluate_split(model: nn.Module, spec: InputSpec, data: ImageDataset, split: str,
-                   batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Metrics (``<split>_auc``...), probabilities and labels of ``split`` on the CPU."""
-    from trainables.trial import split_metrics
-
-    metrics, probs = split_metrics(model, torch.from_numpy(data.images), data, split, spec, torch.device("cpu"), batch_size)
-    return metrics, probs, data.labels[data.splits[split]]
-
-
 def write_networks(directory: Path, networks: list[nn.Module], sample: torch.Tensor,
-                   metadata: list[dict[str, str]], temperature: float = 1.0) -> dict[str, float]:
+                   metadata: list[dict[str, str]], temperature: float = 1.0, tta: str = "none") -> dict[str, float]:
     """Write each member's safetensors and the TorchScript and ONNX graphs of the soft vote;
     return each format's max abs difference to PyTorch.
 
@@ -314,7 +315,7 @@ def write_networks(directory: Path, networks: list[nn.Module], sample: torch.Ten
     import onnxruntime
     from safetensors.torch import load_model, save_model
 
-    wrapped = Probabilities([n.eval() for n in networks], temperature).eval()
+    wrapped = Probabilities([n.eval() for n in networks], temperature, tta).eval()
     with torch.no_grad():
         expected = wrapped(sample).numpy()
     reloaded = []
@@ -346,7 +347,7 @@ def write_networks(directory: Path, networks: list[nn.Module], sample: torch.Ten
     session = onnxruntime.InferenceSession(str(directory / ONNX_FILE), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         outputs = {
-            "safetensors": Probabilities(reloaded, temperature)(sample).numpy(),
+            "safetensors": Probabilities(reloaded, temperature, tta)(sample).numpy(),
             "torchscript": scripted(sample).numpy(),
             "onnx": session.run(["probabilities"], {"images": sample.numpy()})[0],
         }
@@ -392,7 +393,7 @@ def input_size(spec: InputSpec, stored: tuple[int, int]) -> int:
 
 
 def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: InputSpec, study: Study,
-                  best: BestTrial, decision: Decision) -> dict[str, Any]:
+                  best: BestTrial, decision: Decision, tta: str) -> dict[str, Any]:
     """The ``config.json`` of an export: how to rebuild the network and prepare its input."""
     from search.records.tracking import library_versions
 
@@ -411,8 +412,8 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
             "data_channels": data.channels,
             "input": f"float32 (B, {spec.in_chans}, {size}, {size}): images after `preprocess`",
             "output": "torchscript and onnx: class probabilities (B, num_classes), temperature-scaled "
-                      "(decision.temperature) and averaged over the ensemble's members; each safetensors file: "
-                      "one member's logits, before that scaling",
+                      "(decision.temperature) and averaged over the ensemble's members and the test-time views "
+                      "(tta); each safetensors file: one member's logits of one view, before that scaling",
         },
         "ensemble": {"kind": str(final.ensemble), "members": [
             {"weights": member_weights_file(i), **member.describe()} for i, member in enumerate(final.members)]},
@@ -425,8 +426,11 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
             "in_chans": spec.in_chans,
             "mean": list(spec.mean),
             "std": list(spec.std),
+            "window": list(space.data.window) or None,
             "steps": [
-                "decode with Pillow to L (channels 1) or RGB (channels 3); 16-bit images min-max scaled to 8 bit",
+                "decode with Pillow to L (channels 1) or RGB (channels 3); 16-bit images min-max scaled to 8 bit; "
+                "DICOM with pydicom: rescale slope/intercept, the window (this `window`, else the file's), "
+                "MONOCHROME1 inverted",
                 "resize to image_size x image_size (bilinear) when image_size is set; else images must be "
                 "stored_size already",
                 "centre crop crop_size (null: the largest centred square), resize to input_size "
@@ -435,6 +439,7 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
             ],
         },
         "decision": decision.to_dict(),
+        "tta": tta,
         "trial_config": config.to_dict(),
         "data": {"source": str((space.raw.get("data") or {}).get("source", data.source)),
                  "data_config": dataclasses.asdict(space.data), "fingerprint": data.fingerprint,
@@ -452,7 +457,7 @@ def export_config(space: Any, data: ImageDataset, final: FinalModel, spec: Input
 
 
 def export_decision(study: Study, trials: list[BestTrial], ensemble: EnsembleChoice, space: Any,
-                    data: ImageDataset, options: ExportOptions, log: Log) -> Decision:
+                    data: ImageDataset, options: ExportOptions, tta: str, log: Log) -> Decision:
     """Temperature and threshold fitted on the held-out predictions of ``trials`` at their checkpoint epochs.
 
     One model: the best trial's validation predictions (for fold 0 of a cross-validated
@@ -462,7 +467,9 @@ def export_decision(study: Study, trials: list[BestTrial], ensemble: EnsembleCho
     Top-K: the mean of every member's predictions on the same validation split. Fitted
     before any refit: a refit model trains on the validation images, so the search
     checkpoints' predictions fit the decision either way. A fixed threshold without
-    calibration needs no predictions at all.
+    calibration needs no predictions at all. With test-time views (``tta``), the
+    checkpoints score the same held-out images again under every view, so the decision is
+    fitted on the probabilities the exported graphs will give.
     """
     from search.evaluation import parse_threshold
 
@@ -488,6 +495,18 @@ def export_decision(study: Study, trials: list[BestTrial], ensemble: EnsembleCho
         raise ExportError("the top-K members' validation predictions are not on the same images (trials of "
                           "another split or fold count); use --ensemble none")
     member_probs = [h[3] for h in held_out]
+    views = ""
+    if tta != "none":
+        order = indices if indices is not None else data.splits["val"]
+        if len(order) != len(labels) or not np.array_equal(data.labels[order], labels):
+            raise ExportError(f"trial {trials[0].trial_id}'s held-out predictions are not on images of the data "
+                              "loaded now, so they cannot be scored again under test-time views; export with "
+                              "--tta none")
+        try:
+            member_probs = [p for trial in trials for p in held_out_view_probabilities(study, trial, data, order, tta)]
+        except StudyError as err:
+            raise ExportError(str(err)) from None
+        views = f", scored again under the {len(member_probs) // len(trials)} views of --tta {tta}"
     cv = cv_folds_of(trials[0])
     if cv > 1 and ensemble.kind == "none" and not options.refit and indices is not None:
         from trainables.data.folds import held_out_folds
@@ -500,9 +519,9 @@ def export_decision(study: Study, trials: list[BestTrial], ensemble: EnsembleCho
         kind = "out-of-fold predictions (each image scored by the one fold model that did not train on it)"
     else:
         kind = "validation predictions"
-    fitted_on = (f"{kind} of trial {trials[0].trial_id} at epoch {held_out[0][1]} ({len(labels)} images)"
+    fitted_on = (f"{kind} of trial {trials[0].trial_id} at epoch {held_out[0][1]} ({len(labels)} images{views})"
                  if len(held_out) == 1 else
-                 f"the mean of the {len(held_out)} members' validation predictions ({len(labels)} images)")
+                 f"the mean of the {len(held_out)} members' validation predictions ({len(labels)} images{views})")
     try:
         return fit_decision(labels, member_probs, list(data.class_names), threshold, calibrate, fitted_on)
     except DecisionError as err:
@@ -568,14 +587,16 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
         raise StudyError(f"the data of study {study.name!r} has no test split (data.test_fraction 0), so the "
                          "final model cannot be tested; run the study on data with a held-out test split")
     ensemble = parse_ensemble(options.ensemble) if options.ensemble else default_ensemble(best)
+    tta = parse_tta(options.tta if options.tta is not None else space.export.tta)
     trials = member_trials(study, best, ensemble, data, options.refit, log)  # refuses an impossible ensemble
-    decision = export_decision(study, trials, ensemble, space, data, options, log)
+    decision = export_decision(study, trials, ensemble, space, data, options, tta, log)
     final = final_model(study, trials, data, options.refit, ensemble, log)
     model, config = final.network, final.config
     spec = input_spec_for(config, data, model)
 
-    # each member's probabilities on test; the export's are their (temperature-scaled) mean
-    member_probs = [evaluate_split(m.network, spec, data, "test", m.config.eval_batch("cpu"))[1] for m in final.members]
+    # each (view, member) pair's probabilities on test; the export's are their (temperature-scaled) mean
+    networks = [m.network for m in final.members]
+    member_probs = view_probabilities(networks, spec, data, data.splits["test"], tta, config.eval_batch("cpu"))
     labels = data.labels[data.splits["test"]]
     probs, calibrated = soft_vote(member_probs), soft_vote(member_probs, decision.temperature)
     test = scores(labels, calibrated, "test_")  # what the exported graphs and `search predict` give
@@ -586,13 +607,17 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     test_uses = count_test_use(client, study)
     log("test: " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in test.items()) + f"  ({len(labels)} images; use "
         f"{test_uses} of this study's test split)")
-    config_json = export_config(space, data, final, spec, study, best, decision)
+    config_json = export_config(space, data, final, spec, study, best, decision, tta)
     decided = test_report(decision, labels, probs, calibrated)
-    if len(member_probs) > 1:
-        decided["members_auc"] = [scores(labels, p, "")["auc"] for p in member_probs]
+    if len(networks) > 1:  # each member alone (averaged over its views)
+        decided["members_auc"] = [scores(labels, soft_vote(member_probs[i::len(networks)]), "")["auc"]
+                                  for i in range(len(networks))]
+    if tta != "none":  # the same members without the views
+        decided["auc_without_tta"] = scores(labels, soft_vote(member_probs[:len(networks)]), "")["auc"]
     log(describe_decision(decision, decided))
     summary: dict[str, Any] = {
-        "test": test, "decision": decision.to_dict(), "test_decision": decided, "test_confusion_matrix": matrix,
+        "test": test, "decision": decision.to_dict(), "tta": tta, "test_decision": decided,
+        "test_confusion_matrix": matrix,
         "validation": validation_metrics(client, best), "ensemble": config_json["ensemble"],
         "test_uses": test_uses, "data_skipped": skipped_images(client, study, data, log),
         "split_sizes": data.split_sizes(), "train_images": final.train_images, "refit": options.refit,
@@ -613,8 +638,7 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        summary["format_max_abs_diff"] = write_networks(staging, [m.network for m in final.members], sample, metadata,
-                                                        decision.temperature)
+        summary["format_max_abs_diff"] = write_networks(staging, networks, sample, metadata, decision.temperature, tta)
         log("reloaded formats vs PyTorch, max abs difference in probabilities: " + ", ".join(
             f"{k} {v:.1e}" for k, v in summary["format_max_abs_diff"].items()))
         for name, content in plots.items():
@@ -630,6 +654,8 @@ def export_best(study: Study, options: ExportOptions, log: Log = print) -> dict[
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     log(f"wrote {directory}: " + ", ".join(sorted(p.name for p in directory.iterdir())))
+    log(f"next: search predict {shlex.quote(str(directory))} IMAGES_OR_DATA...    # writes predictions.csv (pred at the threshold, "
+        "prob_<class>)")
 
     from search.model.publish import log_test_results, register
 

@@ -5,7 +5,7 @@ when the export is loaded.
 """
 
 EXPORT_FORMAT = "medtune-model"
-EXPORT_VERSION = 3  # 3: config.json's decision (temperature, threshold); 2: manifest.json with every file's SHA-256 (1: none)
+EXPORT_VERSION = 4  # 4: config.json's tta (test-time views); 3: config.json's decision (temperature, threshold); 2: manifest.json with every file's SHA-256 (1: none)
 WEIGHTS_FILE = "model.safetensors"
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from search.model.views import Viewed, view, view_indices
 from search.records.studies import BestTrial, Study, StudyError, best_checkpoint, top_trials
 from trainables.augment import InputSpec
 from trainables.config import TrialConfig
@@ -38,16 +39,19 @@ Log = Callable[[str], None]
 
 
 class Probabilities(nn.Module):
-    """The members' logits divided by the fitted temperature, softmaxed and averaged: what the
-    TorchScript and ONNX files compute (one member: that network's scaled probabilities)."""
+    """The members' logits divided by the fitted temperature, softmaxed and averaged over the
+    members and the test-time views (:mod:`search.model.views`): what the TorchScript and
+    ONNX files compute (one member, no views: that network's scaled probabilities)."""
 
-    def __init__(self, models: nn.Module | list[nn.Module], temperature: float = 1.0) -> None:
+    def __init__(self, models: nn.Module | list[nn.Module], temperature: float = 1.0, tta: str = "none") -> None:
         super().__init__()
         self.members = nn.ModuleList(models if isinstance(models, list) else [models])
         self.temperature = float(temperature)
+        self.views = view_indices(tta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = [torch.softmax(member(x) / self.temperature, dim=1) for member in self.members]
+        probs = [torch.softmax(member(view(x, index)) / self.temperature, dim=1)
+                 for index in self.views for member in self.members]
         return probs[0] if len(probs) == 1 else torch.stack(probs).mean(dim=0)
 
 
@@ -215,10 +219,6 @@ class FinalModel:
     def checkpoint(self) -> Path | None:
         return self.members[0].checkpoint
 
-    def probabilities(self) -> Probabilities:
-        """The soft-voting module of the members at temperature 1."""
-        return Probabilities([m.network for m in self.members])
-
 
 def cv_folds_of(trial: BestTrial) -> int:
     """Folds the trial cross-validated over (1: the single split), from its recorded settings."""
@@ -268,6 +268,50 @@ def fold_members(study: Study, best: BestTrial, data: ImageDataset, log: Log) ->
                                            train_images=_fold_training_images(first.config, data, held[k])))
     log(f"ensemble: the {len(members)} fold models of trial {best.trial_id}")
     return members
+
+
+def view_probabilities(networks: list[nn.Module], spec: InputSpec, data: ImageDataset, indices: np.ndarray,
+                       tta: str, batch_size: int) -> list[np.ndarray]:
+    """Each (view, network) pair's probabilities on the images ``indices``, on the CPU: the
+    arrays :class:`Probabilities` averages (one per network when ``tta`` is none)."""
+    from trainables.trial import predict
+
+    images = torch.from_numpy(data.images)
+    return [predict(Viewed(network, index), images, indices, spec, torch.device("cpu"), batch_size)
+            for index in view_indices(tta) for network in networks]
+
+
+def held_out_view_probabilities(study: Study, trial: BestTrial, data: ImageDataset, indices: np.ndarray,
+                                tta: str) -> list[np.ndarray]:
+    """The trial's checkpoint models' probabilities on its held-out images ``indices``, one
+    array per test-time view.
+
+    Every image is scored by a model that did not train on it, as in the trial's own
+    ``val_predictions.npz``: the single model on validation, or under cross-validation the
+    model of the fold that held the image out (out-of-fold predictions).
+
+    Raises:
+        StudyError: an image of ``indices`` is in no held-out fold (the folds changed).
+    """
+    from trainables.data.folds import held_out_folds
+    from trainables.trial import fold_models, input_spec_for
+
+    saved, first = _checkpoint_member(study, trial, data, lambda _: None)
+    spec = input_spec_for(first.config, data, first.network)
+    batch = first.config.eval_batch("cpu")
+    if first.config.cv_folds <= 1:
+        return view_probabilities([first.network], spec, data, indices, tta, batch)
+    out = [np.full((len(indices), data.num_classes), np.nan) for _ in view_indices(tta)]
+    for state, held in zip(fold_models(saved), held_out_folds(data, first.config.cv_folds)):
+        network = rebuild_model(first.config, data.num_classes, data.channels)
+        network.load_state_dict(state)
+        mine = np.isin(indices, held)
+        for whole, part in zip(out, view_probabilities([network.eval()], spec, data, indices[mine], tta, batch)):
+            whole[mine] = part
+    if any(np.isnan(whole).any() for whole in out):
+        raise StudyError(f"trial {trial.trial_id}'s held-out images are not all in its {first.config.cv_folds} "
+                         "folds of the data loaded now; export with --tta none")
+    return out
 
 
 def top_k_trials(study: Study, best: BestTrial, k: int, data: ImageDataset, log: Log) -> list[BestTrial]:
@@ -361,4 +405,5 @@ def final_model(study: Study, trials: list[BestTrial], data: ImageDataset, refit
 
 
 __all__ = ["EnsembleChoice", "FinalModel", "Member", "Probabilities", "cv_folds_of", "default_ensemble", "final_model",
-           "member_trials", "parse_ensemble", "rebuild_model", "refit_model", "trial_config", "training_images"]
+           "held_out_view_probabilities", "member_trials", "parse_ensemble", "rebuild_model", "refit_model",
+           "trial_config", "training_images", "view_probabilities"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -57,6 +56,7 @@ from search.model.export import (
     verify_export,
 )
 from search.model.members import Probabilities, rebuild_model
+from search.model.views import TTA_CHOICES
 from trainables.augment import InputSpec, prepare_batch
 from trainables.config import DataConfig, TrialConfig
 from trainables.data import ImageDataset
@@ -104,6 +104,11 @@ class ExportedModel:
         return float((self.config.get("decision") or {}).get("temperature", 1.0))
 
     @property
+    def tta(self) -> str:
+        """The test-time views the graphs average over (exports before format 4: none)."""
+        return str(self.config.get("tta", "none"))
+
+    @property
     def threshold(self) -> float | None:
         """Binary models: ``pred`` is class 1 when its probability is at least this; None: argmax."""
         value = (self.config.get("decision") or {}).get("threshold")
@@ -117,7 +122,7 @@ class ExportedModel:
             PredictError: some probabilities are NaN or infinite (broken weights or
                 preprocessing: a prediction from them would be a label with no meaning).
         """
-        vote = Probabilities(self.members, self.temperature).eval()  # what the exported graphs compute
+        vote = Probabilities(self.members, self.temperature, self.tta).eval()  # what the exported graphs compute
         out = []
         for start in range(0, len(images), batch_size):
             x = prepare_batch(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])), self.spec)
@@ -198,6 +203,8 @@ def check_config(config: dict[str, Any], directory: Path) -> None:
     temperature = decision.get("temperature", 1.0)
     rule(finite(temperature) and temperature > 0, f"decision.temperature must be a finite number > 0 (logits are "
                                                   f"divided by it), but is {temperature!r}")
+    tta = config.get("tta", "none")
+    rule(tta in TTA_CHOICES, f"tta must be one of {', '.join(TTA_CHOICES)}, but is {tta!r}")
     threshold = decision.get("threshold")
     # a threshold just above the largest score (specificity 1) may exceed 1.0 by one float step
     rule(threshold is None or (finite(threshold) and 0 <= threshold <= 1 + 1e-9 and k == 2),
@@ -387,26 +394,29 @@ def decode_image(path: Path, model: ExportedModel) -> np.ndarray:
         PredictError: not decodable (or a mode Pillow cannot convert), or of another size
             than the study's images when its data had no fixed ``image_size``.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     from trainables.data.decode import (
         _decode_one,  # the training decoder itself, so inputs match training
     )
+    from trainables.data.dicom import DicomError, open_image
 
     pre = model.preprocess
+    window = tuple(pre["window"]) if pre.get("window") else None  # DICOM: the study's display window
     data = path.read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        with open_image(data, window) as image:  # reads the header only (a DICOM file: its pixels)
             mode = image.mode
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, DicomError) as err:
         why = "not an image file Pillow can read" if isinstance(err, UnidentifiedImageError) else str(err)
-        raise PredictError(f"cannot read {path} as an image ({why}); give PNG, JPEG or TIFF files") from None
+        raise PredictError(f"cannot read {path} as an image ({why}); give PNG, JPEG, TIFF or single-frame DICOM "
+                           "files") from None
     if mode not in SUPPORTED_MODES:
         raise PredictError(f"{path} has image mode {mode!r}, which medtune does not convert to "
                            f"{'grayscale' if pre['channels'] == 1 else 'RGB'}; supported modes are "
                            f"{', '.join(sorted(SUPPORTED_MODES))}: convert the image (e.g. to RGB) first")
     try:
-        array, _ = _decode_one(data, pre["channels"], pre["image_size"])
+        array, _ = _decode_one(data, pre["channels"], pre["image_size"], window)
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for damaged files
         raise PredictError(f"cannot decode {path} ({type(err).__name__}: {err}); re-export or convert it") from None
     height, width = pre["stored_size"]
@@ -442,7 +452,9 @@ def study_dataset(source: Source, model: ExportedModel, log: Log) -> ImageDatase
 
     stored = model.config["data"]
     known = {f.name for f in dataclasses.fields(DataConfig)}
-    settings = {k: v for k, v in (stored.get("data_config") or {}).items() if k in known}
+    # JSON holds tuples (data.classes) as lists
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in (stored.get("data_config") or {}).items()
+                if k in known}
     try:
         config = DataConfig(**{**settings, "source": str(source.path.resolve())})
     except (TypeError, ValueError):  # a hand-edited data_config: not usable to recognise the study's data
@@ -486,7 +498,8 @@ def dataset_part(source: Source, model: ExportedModel, split: str, log: Log = pr
             log(f"{source.path} is not the data this model's study ran on (compared by content), so its {split} "
                 "split is medtune's default split of it, not the study's held-out split")
         data = load_dataset(DataConfig(source=str(source.path.resolve()), image_size=pre["image_size"],
-                                       channels=pre["channels"], blank_filter=False),
+                                       channels=pre["channels"], blank_filter=False,
+                                       window=tuple(pre.get("window") or ())),
                             require_classes=False)  # a folder of one class is fine to predict on
     stored = tuple(pre["stored_size"])
     if data.images.shape[1:3] != stored:

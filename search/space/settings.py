@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Literal
 
 from search.records.tags import SEARCH_METRICS
@@ -94,6 +95,13 @@ class SchedulerSettings:
     grace_period: int = setting(1, doc="epochs every trial runs before ASHA may stop it", rule=">= 1")
     reduction_factor: float = setting(3.0, doc="ASHA keeps the top 1/`reduction_factor` of trials at each rung",
                                       rule="> 1")
+    noise_margin: float | str = setting(
+        0.0, doc="ASHA stops a trial at a rung only when its metric is more than this below the rung's cutoff; "
+                 "`auto`: one standard error of the metric on the validation split (train + val under "
+                 "cross-validation), e.g. 0.047 AUC on 78 images, 0.018 on 524; 0: Ray's rule",
+        rule=Rule("auto or a number >= 0", lambda v: v == "auto" or (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0),
+            "e.g. auto, 0 or 0.02"))
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -140,9 +148,9 @@ def _is_threshold(text: str) -> bool:
 class ExportSettings:
     """How the final model decides: the ``export`` section of a space (fields documented where declared).
 
-    Both are fitted on held-out predictions of the chosen trial (its validation split at
-    the selected epoch), never on the test split; ``search best --export`` can override
-    them with ``--threshold`` and ``--no-calibrate``.
+    The threshold and the temperature are fitted on held-out predictions of the chosen
+    trial (its validation split at the selected epoch), never on the test split;
+    ``search best --export`` can override them with ``--threshold``, ``--no-calibrate`` and ``--tta``.
     """
 
     threshold: str = setting(
@@ -154,6 +162,10 @@ class ExportSettings:
                   lambda value: _is_threshold(value), "e.g. youden or sensitivity:0.95"))
     calibrate: bool = setting(True, doc="fit temperature scaling on validation and fold it into the exported "
                                         "graphs (AUC and argmax unchanged; probabilities calibrated)")
+    tta: Literal["none", "flip", "dihedral"] = setting(
+        "none", doc="test-time augmentation: the exported graphs average each member over `flip` (the image and "
+                    "its left-right mirror) or `dihedral` (its 8 rotations and mirrors, for images with no "
+                    "natural orientation such as histology patches); each view is one more forward pass")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", str(self.threshold))

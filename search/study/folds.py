@@ -2,12 +2,12 @@
 
 ``tune.cv_folds`` (or ``search run --cv K``) is an integer or ``auto``. ``auto``
 cross-validates where one validation split is too small to rank trials on. The standard
-error of an AUC near 0.9 (Hanley & McNeil's formula, which DeLong's estimate matches
-for large samples) on a 1:3 imbalanced validation split is 0.049 at 78 images
-(BreastMNIST's), 0.019 at 524 (PneumoniaMNIST's) and 0.017 at 600, the 15% split of
-4,000 images, and it shrinks only as 1/sqrt(n) above that. Above the cut-off one split is kept, since K
-folds cost K times the training. The cut-off is a judgement on these numbers, not a
-measured optimum.
+error of an AUC near 0.9 (Hanley & McNeil's formula,
+:func:`search.evaluation.intervals.hanley_mcneil_se`) on a 1:3 imbalanced validation
+split is 0.049 at 78 images (BreastMNIST's), 0.019 at 524 (PneumoniaMNIST's) and 0.017
+at 600, the 15% split of 4,000 images, and it shrinks only as 1/sqrt(n) above that.
+Above the cut-off one split is kept, since K folds cost K times the training. The
+cut-off is a judgement on these numbers, not a measured optimum.
 
 The resolved K goes into every trial's config (``cv_folds``) and into the study record,
 so a resumed study trains its remaining trials with the same folds.

@@ -90,6 +90,11 @@ def set_asha_stopped(scheduler: Any, count: int) -> None:
     scheduler._num_stopped = count
 
 
+def asha_metric(scheduler: Any) -> tuple[str, float]:
+    """(the metric ASHA judges, +1 when larger is better, -1 when smaller is)."""
+    return scheduler._metric, float(scheduler._metric_op)
+
+
 def asha_knows(scheduler: Any, trial_id: str) -> bool:
     """Whether ASHA has assigned the trial to a bracket (a restored trial may not be)."""
     return trial_id in scheduler._trial_info
@@ -108,5 +113,5 @@ SIGINT_CONTRACT = "signal.signal(signal.SIGINT, original_handler)"
 
 
 __all__ = ["SIGINT_CONTRACT", "TESTED_RAY", "TUNER_PICKLE", "TUNE_ENVIRONMENT", "UntestedRayError", "asha_forget",
-           "asha_knows", "asha_rungs", "asha_stopped", "check_ray_version", "request_snapshot",
+           "asha_knows", "asha_metric", "asha_rungs", "asha_stopped", "check_ray_version", "request_snapshot",
            "set_asha_stopped", "set_tune_environment"]

@@ -5,6 +5,11 @@ so a resumed ASHA forgets every rung it recorded (ray#30838) and lets weak trial
 the end. :class:`PersistentASHA` writes its rungs to a JSON file in the study directory
 after every decision and reloads them the first time it sees a trial after a restore.
 
+Its rung judgement can allow for the noise of a small validation split
+(``noise_margin``): a trial is stopped only when its metric is more than the margin below
+the rung's cutoff, so two trials that one epoch on a few dozen images cannot tell apart
+both go on (:mod:`search.study.noise`).
+
 Both schedulers here also ask Tune for an experiment snapshot right after a trial is
 added or ends (:class:`SnapshotOnTrialEvents`). Tune otherwise snapshots on a timer, and a
 driver killed between a trial's start and the next snapshot leaves a trial the resumed
@@ -22,6 +27,7 @@ from search.records.storage import StudyFiles
 from search.study.ray_compat import (
     asha_forget,
     asha_knows,
+    asha_metric,
     asha_rungs,
     asha_stopped,
     request_snapshot,
@@ -54,13 +60,17 @@ class PersistentASHA(SnapshotOnTrialEvents, AsyncHyperBandScheduler):
 
     Only the driver runs a scheduler, so the file has one writer even on a cluster; it
     lives beside the study (local folder or ``s3://...``) so any driver can resume.
+    ``noise_margin`` (in the metric's units, 0: Ray's rule) is the benefit of the doubt a
+    trial gets at a rung: it is stopped only below ``cutoff - noise_margin``; the value
+    recorded at the rung, and so every later cutoff, is the trial's real metric.
     """
 
-    def __init__(self, store: StudyFiles, filename: str, **kwargs: Any) -> None:
+    def __init__(self, store: StudyFiles, filename: str, noise_margin: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._store = store
         self._filename = filename
         self._loaded = False
+        self._noise_margin = float(noise_margin)
 
     def _load_once(self) -> None:
         if self._loaded:
@@ -109,9 +119,25 @@ class PersistentASHA(SnapshotOnTrialEvents, AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._ensure_added(tune_controller, trial)
-        action = super().on_trial_result(tune_controller, trial, result)
+        metric, sign = asha_metric(self)
+        margin = getattr(self, "_noise_margin", 0.0)  # a scheduler pickled before margins existed has none
+        if not margin or metric not in result:
+            action = super().on_trial_result(tune_controller, trial, result)
+        else:
+            # judged as if the metric were the margin better, then recorded as it is
+            before = self._recorded_at(trial.trial_id)
+            action = super().on_trial_result(tune_controller, trial,
+                                             {**result, metric: result[metric] + sign * margin})
+            for rung in self._recorded_at(trial.trial_id, without=before):
+                rung[trial.trial_id] = sign * result[metric]
         self._save()
         return action
+
+    def _recorded_at(self, trial_id: str, without: list[dict] | None = None) -> list[dict]:
+        """The rungs (their ``{trial_id: value}`` dicts) that hold a value of the trial, less ``without``."""
+        skip = {id(rung) for rung in without or []}
+        return [recorded for bracket in asha_rungs(self) for _, recorded in bracket
+                if trial_id in recorded and id(recorded) not in skip]
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._ensure_added(tune_controller, trial)

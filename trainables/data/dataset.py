@@ -273,6 +273,7 @@ def _decode_settings(manifest: Manifest, config: DataConfig) -> dict[str, Any]:
         "image_size": config.image_size,
         "channels": config.channels,
         "blank": [config.blank_white, config.blank_black, config.blank_max_std] if config.blank_filter else None,
+        **({"window": list(config.window)} if config.window else {}),  # absent when unset: old cache keys hold
     }
 
 
@@ -285,7 +286,7 @@ def _decode(manifest: Manifest, config: DataConfig) -> cache.CachedData:
                                          channels=config.channels, blank=rule)
     elif manifest.read is not None:
         result = decode_files(manifest.read, manifest.paths, image_size=config.image_size,
-                              channels=config.channels, blank=rule)
+                              channels=config.channels, blank=rule, window=tuple(config.window) or None)
     else:
         raise DataError(f"{manifest.source}: nothing to decode (format {manifest.format!r})")
     logger.info("decoded %d images of %s in %.1f s (%d unreadable, %d blank)", n, manifest.source,

@@ -9,7 +9,6 @@ skipped rather than raised: one bad file in 26,000 should not stop a study.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .dicom import DicomError, open_image
 from .errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ def decode_files(
     channels: int | None = None,
     blank: BlankRule | None = None,
     workers: int | None = None,
+    window: tuple[float, float] | None = None,
 ) -> Decoded:
     """Decode images ``0..len(paths)-1`` into one array.
 
@@ -191,6 +192,8 @@ def decode_files(
         channels: 1 (grayscale) or 3 (RGB); None = 1 when every image is grayscale, else 3.
         blank: drop images this rule calls blank; None keeps them.
         workers: decode threads (default: one per core).
+        window: DICOM files only: ``(centre, width)`` instead of the file's own window
+            (:mod:`trainables.data.dicom`).
 
     Returns:
         The kept images and what was skipped, and why.
@@ -223,7 +226,7 @@ def decode_files(
             if stop.is_set():
                 return
             try:
-                array, gray = _decode_one(read(i), c, image_size)
+                array, gray = _decode_one(read(i), c, image_size, window)
             except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
                 status[i] = UNREADABLE
                 reasons[i] = _describe(exc)
@@ -246,7 +249,8 @@ def decode_files(
         list(pool.map(lambda lo: work(lo, min(n, lo + chunk)), range(0, n, chunk)))
     if colour.is_set():
         logger.info("grayscale and colour images are mixed: decoding all as RGB")
-        return decode_files(read, paths, image_size=image_size, channels=3, blank=blank, workers=workers)
+        return decode_files(read, paths, image_size=image_size, channels=3, blank=blank, workers=workers,
+                            window=window)
     if mismatch:
         raise _size_error(read, paths, min(mismatch), probe, probe_hw)
     kept = np.flatnonzero(status == OK)
@@ -301,9 +305,10 @@ def convert_arrays(
     return Decoded(images, kept, {}, np.flatnonzero(drop).tolist(), time.perf_counter() - start)
 
 
-def _decode_one(data: bytes, channels: int, size: int | None) -> tuple[np.ndarray, bool]:
-    """Decode one encoded image to ``(H, W, channels)`` uint8; also says if it was grayscale."""
-    with Image.open(io.BytesIO(data)) as image:
+def _decode_one(data: bytes, channels: int, size: int | None,
+                window: tuple[float, float] | None = None) -> tuple[np.ndarray, bool]:
+    """Decode one encoded image (or DICOM file) to ``(H, W, channels)`` uint8; also says if it was grayscale."""
+    with open_image(data, window) as image:
         gray = image.mode in GRAY_MODES
         if size and image.format == "JPEG":
             image.draft(image.mode, (size, size))  # DCT-domain downscale: much faster, same look
@@ -330,7 +335,7 @@ def _probe(read: Callable[[int], bytes], n: int, size: int | None) -> tuple[int 
     """First decodable image: its index, whether it is grayscale, and its (H, W)."""
     for i in range(n):
         try:
-            with Image.open(io.BytesIO(read(i))) as image:
+            with open_image(read(i)) as image:
                 image.load()
                 return i, image.mode in GRAY_MODES, (image.height, image.width)
         except Exception:  # noqa: BLE001 - unreadable files are counted by the main pass
@@ -340,7 +345,7 @@ def _probe(read: Callable[[int], bytes], n: int, size: int | None) -> tuple[int 
 
 def _reason(read: Callable[[int], bytes], i: int) -> str:
     try:
-        with Image.open(io.BytesIO(read(i))) as image:
+        with open_image(read(i)) as image:
             image.load()
         return "unknown"
     except Exception as exc:  # noqa: BLE001
@@ -353,6 +358,8 @@ def _describe(exc: Exception) -> str:
         return "missing"
     if isinstance(exc, UnidentifiedImageError):
         return "not an image format Pillow can read"
+    if isinstance(exc, DicomError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -362,7 +369,7 @@ def _size_error(read: Callable[[int], bytes], paths: Sequence[str], found: int, 
     first, first_hw = found, None
     for i in range(found + 1):  # header reads only: cheap
         try:
-            with Image.open(io.BytesIO(read(i))) as image:
+            with open_image(read(i)) as image:
                 hw = (image.height, image.width)
         except Exception:  # noqa: BLE001
             continue
@@ -370,7 +377,7 @@ def _size_error(read: Callable[[int], bytes], paths: Sequence[str], found: int, 
             first, first_hw = i, hw
             break
     if first_hw is None:
-        with Image.open(io.BytesIO(read(found))) as image:
+        with open_image(read(found)) as image:
             first_hw = (image.height, image.width)
     (h, w), (h0, w0) = first_hw, probe_hw
     return DataError(f"images differ in size: {paths[first]} is {w}x{h} but {paths[probe]} is {w0}x{h0}; "

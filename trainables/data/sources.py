@@ -13,6 +13,7 @@ milliseconds instead of after minutes of decoding.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import io
 import math
@@ -36,7 +37,7 @@ from .splits import SPLITS, split_code
 
 FORMATS = ("npz", "csv", "imagefolder", "kaggle_pcam")
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif",
-                              ".webp", ".ppm", ".pgm", ".pbm"})
+                              ".webp", ".ppm", ".pgm", ".pbm", ".dcm", ".dicom"})
 _NPZ_KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 
 
@@ -167,16 +168,44 @@ def open_source(path: Path, config: DataConfig) -> Manifest:
         raise DataError(f"group_column={config.group_column!r} needs a CSV manifest, but {path} is "
                         f"format {fmt!r}; drop group_column or describe the images in a CSV")
     if fmt == "npz":
-        return _open_npz(path)
-    if fmt == "imagefolder":
-        return _open_imagefolder(path)
-    if fmt == "kaggle_pcam":
-        return _open_kaggle_pcam(path)
-    if path.is_dir():
-        return _open_csv(path / "labels.csv", config)
-    if path.suffix.lower() == ".zip":
-        return _open_zip(path, None, config)
-    return _open_csv(path, config)
+        manifest = _open_npz(path)
+    elif fmt == "imagefolder":
+        manifest = _open_imagefolder(path)
+    elif fmt == "kaggle_pcam":
+        manifest = _open_kaggle_pcam(path)
+    elif path.is_dir():
+        manifest = _open_csv(path / "labels.csv", config)
+    elif path.suffix.lower() == ".zip":
+        manifest = _open_zip(path, None, config)
+    else:
+        manifest = _open_csv(path, config)
+    return with_classes(manifest, config.classes) if config.classes else manifest
+
+
+def with_classes(manifest: Manifest, classes: tuple[str, ...]) -> Manifest:
+    """``manifest`` with its classes in the order ``data.classes`` gives (labels renumbered).
+
+    The names must be the data's class names, each once. Labels that are bare indices
+    (no names anywhere, so named ``0``, ``1``...) are named by ``classes`` in index order.
+
+    Raises:
+        DataError: a name the data lacks, or a class of the data ``classes`` leaves out.
+    """
+    wanted = [str(name) for name in classes]
+    have = list(manifest.class_names)
+    key = {**manifest.key, "classes": wanted}
+    if have == [str(i) for i in range(len(have))] and len(wanted) == len(have) and set(wanted) != set(have):
+        return dataclasses.replace(manifest, class_names=wanted, key=key)  # naming bare indices
+    missing, extra = [n for n in wanted if n not in have], [n for n in have if n not in wanted]
+    if missing or extra:
+        problem = "; ".join(part for part in (
+            f"{missing} in data.classes {'is' if len(missing) == 1 else 'are'} not a class of the data" if missing
+            else "", f"the data's class{'es' if len(extra) > 1 else ''} {extra} {'are' if len(extra) > 1 else 'is'} "
+            "missing from data.classes" if extra else "") if part)
+        raise DataError(f"{manifest.source}: {problem}; the data's classes are {have}: list each of them once "
+                        "in data.classes, in the order you want (for two classes, the positive one second)")
+    order = np.array([wanted.index(name) for name in have], dtype=np.int64)
+    return dataclasses.replace(manifest, labels=order[manifest.labels], class_names=wanted, key=key)
 
 
 # ---------------------------------------------------------------------------- npz
@@ -382,15 +411,22 @@ def _parse_table(header: list[str], rows: list[list[str]], csv_name: str, config
     name_name = config.label_name_column or ("label_name" if "label_name" in header else None)
     name_col = _column(header, name_name, "label_name_column", csv_name) if name_name else None
 
-    _check_label_cells([row[label_col] for row in rows], csv_name, config.label_column)
+    cells = [row[label_col] for row in rows]
+    _check_label_cells(cells, csv_name, config.label_column)
+    named = label_names(cells, csv_name, config.label_column)  # None: class indices
+    if named is not None and name_col is not None:
+        raise DataError(f"{csv_name}: column {config.label_column!r} holds class names, so column {name_name!r} "
+                        "cannot name them again; drop one of the two (or set `label_name_column` to null)")
+    index = {name: i for i, name in enumerate(named or [])}
     paths, labels, codes, groups = [], [], [], []
-    names: dict[int, str] = {}
+    names: dict[int, str] = dict(enumerate(named or []))
     for line, row in enumerate(rows, start=2):
         path = row[path_col].replace("\\", "/").removeprefix("./")
         if not path:
             raise DataError(f"{csv_name} line {line}: empty {config.path_column!r}; every row needs an image path")
         paths.append(path)
-        labels.append(_parse_label(row[label_col], csv_name, line, config.label_column))
+        labels.append(index[row[label_col]] if named is not None
+                      else _parse_label(row[label_col], csv_name, line, config.label_column))
         if split_col is not None:
             code = split_code(row[split_col])
             if code is None:
@@ -449,10 +485,35 @@ def _check_label_cells(cells: list[str], csv_name: str, column: str) -> None:
                 found["infinite"].append(line)
     for what, lines in found.items():
         if lines:
-            raise DataError(f"{csv_name}: labels in column {column!r} must be integer class indices, but "
+            raise DataError(f"{csv_name}: labels in column {column!r} must be class indices or class names, but "
                             f"{len(lines)} of {len(cells)} labels are {what} (first at line {lines[0]}); give "
-                            "every row its class index 0..K-1, drop the rows of unlabelled images, or set "
-                            "`label_column` to the column that holds the labels")
+                            "every row its class (index 0..K-1 or name), drop the rows of unlabelled images, or "
+                            "set `label_column` to the column that holds the labels")
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def label_names(cells: list[str], csv_name: str, column: str) -> list[str] | None:
+    """The sorted class names when the label cells are names (``benign``...), None when they are numbers.
+
+    Raises:
+        DataError: the column mixes names and numbers (say which, and how many of each).
+    """
+    numbers = [cell for cell in cells if _is_number(cell)]
+    if len(numbers) == len(cells):
+        return None
+    if numbers:
+        names = [cell for cell in cells if not _is_number(cell)]
+        raise DataError(f"{csv_name}: labels in column {column!r} mix class names ({len(names)}, e.g. "
+                        f"{names[0]!r}) and numbers ({len(numbers)}, e.g. {numbers[0]!r}); write every label "
+                        "the same way: all class names, or all class indices 0..K-1")
+    return sorted(set(cells))
 
 
 def _parse_label(value: str, csv_name: str, line: int, column: str) -> int:
@@ -466,8 +527,7 @@ def _parse_label(value: str, csv_name: str, line: int, column: str) -> int:
                             "labels must be class indices 0..K-1")
         return int(number)
     raise DataError(f"{csv_name} line {line}: label {value!r} in column {column!r} is not an integer; "
-                    "labels must be class indices 0..K-1: put class names in a 'label_name' column "
-                    "and integers in the label column (or set `label_column` to the integer column)")
+                    "labels must be class indices 0..K-1 or class names")
 
 
 def _check_label_range(labels: np.ndarray, name: str, column: str) -> None:
