@@ -7,8 +7,8 @@ validation curve is in MLflow. ``report`` replays asynchronous successive halvin
 metric is at least the ``1 - 1/reduction_factor`` quantile of the values recorded at that
 rung before it) over those curves, in 500 random arrival orders, for each grace period
 and each noise margin (a trial is stopped only when it is more than ``margin`` standard
-errors below the cutoff; the standard error is Hanley & McNeil's for an AUC near the
-study's best on this validation split). Per rule: how often the study ends with the trial
+errors below the cutoff; the standard error is the one ``scheduler.noise_margin: auto``
+uses, :func:`search.study.noise.standard_error`). Per rule: how often the study ends with the trial
 the full run picks (the trial of the best validation AUC over all epochs), the mean
 shortfall of the picked trial's full-run AUC from that best (regret), and the epochs
 trained as a fraction of the full run's.
@@ -84,7 +84,7 @@ def curves(folder: Path, dataset: str) -> tuple[list[np.ndarray], np.ndarray]:
     from search.model.decision import held_out_predictions
     from search.records.runs import child_runs
     from search.records.studies import checkpoint_epochs, find_study, trial_directory
-    from search.records.tags import TRIAL_ID_TAG, curve
+    from search.records.tags import TRIAL_TAG, curve
 
     study = find_study(f"asha-{dataset}", str(folder / "studies"))
     client = study.client()
@@ -96,7 +96,7 @@ def curves(folder: Path, dataset: str) -> tuple[list[np.ndarray], np.ndarray]:
             continue
         out.append(np.array([v for _, v in history[:EPOCHS]]))
         if labels is None:
-            folders = checkpoint_epochs(trial_directory(study, run.data.tags[TRIAL_ID_TAG]))
+            folders = checkpoint_epochs(trial_directory(study, run.data.tags[TRIAL_TAG]))
             labels = held_out_predictions(next(iter(folders.values()))[0])[0]
     if labels is None:
         raise SystemExit(f"study asha-{dataset} has no finished trial; run first")
@@ -152,7 +152,7 @@ def measure(curves_: list[np.ndarray], se: float, seed: int = 0) -> list[dict[st
 
 def report(workdir: Path, write_docs: bool) -> None:
     """The table per data set, printed (and written to docs/benchmarks.md)."""
-    from search.evaluation.intervals import hanley_mcneil_se
+    from search.study.noise import REFERENCE_AUC, standard_error
 
     sections = []
     for dataset in STUDIES:
@@ -163,7 +163,7 @@ def report(workdir: Path, write_docs: bool) -> None:
         curves_, labels = curves(folder, dataset)
         best = max(float(c.max()) for c in curves_)
         positives, negatives = int((labels == 1).sum()), int((labels == 0).sum())
-        se = hanley_mcneil_se(best, positives, negatives)
+        se = standard_error("val_auc", labels, 2)  # what scheduler.noise_margin auto allows per standard error
         # how much of a trial's rank at epoch 1 survives to its full run
         first = np.array([c[0] for c in curves_])
         full = np.array([c.max() for c in curves_])
@@ -172,7 +172,8 @@ def report(workdir: Path, write_docs: bool) -> None:
         sections.append(
             f"**{dataset}**: {len(curves_)} trials run to epoch {EPOCHS} (budget {meta['budget']}, seed "
             f"{meta['seed']}, load {meta['load']}); validation {positives} positive / {negatives} negative images, "
-            f"so the AUC's standard error near the best ({best:.3f}) is {se:.3f}; Spearman correlation of a trial's "
+            f"so the AUC's standard error (at AUC {REFERENCE_AUC}, as `noise_margin: auto` computes it; the best "
+            f"trial reached {best:.3f}) is {se:.3f}; Spearman correlation of a trial's "
             f"epoch-1 AUC with its full-run AUC: {rho:.2f}.\n\n"
             + table(["grace period", "margin (standard errors)", "finds the full run's pick", "mean regret (AUC)",
                      "epochs trained (of full run)"],

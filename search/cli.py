@@ -71,20 +71,26 @@ def _cv(value: str | None) -> int | str | None:
         raise ValueError(f"--cv must be an integer >= 1 or auto, but got {value!r}") from None
 
 
-def next_steps(name: str, storage: str | None) -> str:
+def next_steps(name: str, storage: str | None, tracking_uri: str | None) -> str:
     """The commands that follow a finished study: export, report, MLflow UI."""
     import shlex
 
-    from search.records.studies import find_study
+    from search.records.storage import is_uri
 
+    lines = ["next:"]
+    if storage and is_uri(storage):  # `search best` and `search report` read a study folder
+        source = f"{storage.rstrip('/')}/{name}"
+        lines.append(f"  aws s3 sync {source} runs/studies/{name}    # the study, as a folder" if source.startswith("s3://")
+                     else f"  (copy {source} to runs/studies/{name}: the commands below read a study folder)")
+        storage = None
     where = f" --storage {shlex.quote(storage)}" if storage else ""
-    study = find_study(name, storage)
-    return "\n".join([
-        "next:",
+    lines += [
         f"  search best {name}{where} --export exports/{name}    # the final model, tested once on the test split",
         f"  search report {name}{where}    # what the study found: Markdown + plots, also in MLflow",
-        f"  mlflow ui --backend-store-uri {shlex.quote(study.tracking_uri)}    # compare the trials",
-    ])
+    ]
+    if tracking_uri:
+        lines.append(f"  mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}    # compare the trials")
+    return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if outcome.status == "finished" and outcome.counts:
-        print(next_steps(outcome.name, args.storage), flush=True)
+        print(next_steps(outcome.name, args.storage, outcome.tracking_uri), flush=True)
     if outcome.status == "interrupted":
         print(f"study {outcome.name} interrupted; resume it with: {outcome.resume}", file=sys.stderr)
     elif outcome.status == "no_trial_finished":

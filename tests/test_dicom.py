@@ -126,3 +126,17 @@ def test_a_csv_manifest_lists_dicom_files_by_path(tmp_path):
     data = load_dataset(DataConfig(source=str(tmp_path / "labels.csv"), image_size=32,
                                    cache_dir=str(tmp_path / "c")))
     assert data.split_sizes()["train"] > 0 and sorted(np.bincount(data.labels)) == [12, 12]
+
+
+def test_predict_decodes_a_dicom_file_with_the_studys_window(tmp_path):
+    from search.model.predict import ExportedModel, decode_image
+    from trainables.augment import InputSpec
+
+    pre = {"channels": 1, "image_size": 32, "stored_size": [32, 32], "window": [40.0, 400.0]}
+    model = ExportedModel(tmp_path, {"preprocess": pre}, [], InputSpec(None, 32, 1, (0.5,), (0.5,)))
+    image = decode_image(Path(CT), model)
+    expected = np.asarray(dicom_image(Path(CT).read_bytes(), window=(40.0, 400.0)).resize((32, 32), resample=2))
+    assert image.shape == (32, 32, 1) and np.array_equal(image[..., 0], expected)
+    unwindowed = decode_image(Path(CT), ExportedModel(tmp_path, {"preprocess": {**pre, "window": None}}, [],
+                                                      model.spec))
+    assert not np.array_equal(unwindowed, image)  # the file has no window: its min-max instead

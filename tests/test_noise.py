@@ -10,7 +10,7 @@ import pytest
 
 from search.records.storage import StudyFiles
 from search.space.settings import SchedulerSettings
-from search.study.noise import resolve_noise_margin
+from search.study.noise import resolve_grace_period, resolve_noise_margin
 from search.study.schedulers import PersistentASHA
 from trainables.config import ConfigError, DataConfig
 from trainables.data import load_dataset
@@ -32,6 +32,18 @@ def test_auto_margin_is_one_standard_error_of_the_metric_on_the_images_it_is_jud
     assert rate > resolve_noise_margin("auto", "val_acc", breast, 1)[0]
     assert resolve_noise_margin(0.02, "val_auc", breast, 1)[0] == 0.02
     assert resolve_noise_margin(0, "val_auc", breast, 1)[0] == 0.0
+
+
+def test_auto_grace_period_waits_a_second_epoch_where_trials_are_judged_on_few_images(breast, data_root):
+    grace, why = resolve_grace_period("auto", breast, 1, 6)
+    assert grace == 2 and "78 validation images (< 1000)" in why
+    assert resolve_grace_period("auto", breast, 1, 1)[0] == 1  # never past the last epoch
+    assert resolve_grace_period(3, breast, 1, 6)[0] == 3
+    pneumonia = load_dataset(DataConfig(source=str(data_root / "medmnist" / "pneumoniamnist.npz")))
+    assert resolve_grace_period("auto", pneumonia, 1, 6)[0] == 2  # 524 validation images
+    grace, why = resolve_grace_period("auto", pneumonia, 5, 6)  # fold means over 5232 train + val images
+    assert grace == 1 and "5232 train + val images (>= 1000)" in why
+    assert SchedulerSettings().grace_period == "auto" and SchedulerSettings().noise_margin == 0.0
 
 
 def test_a_negative_or_unknown_margin_is_refused_with_the_choices():

@@ -88,7 +88,7 @@ def test_settings_sections_are_checked_on_construction():
 
     with pytest.raises(ConfigError, match="cpus must be > 0, but got 0"):
         ResourceSettings(cpus=0)
-    with pytest.raises(ConfigError, match="grace_period must be >= 1, but got 0"):
+    with pytest.raises(ConfigError, match="grace_period must be auto or an integer >= 1, but got 0"):
         SchedulerSettings(grace_period=0)
     with pytest.raises(ConfigError, match="metric must be one of .* but got 'test_auc'; selecting on the test"):
         TuneSettings(metric="test_auc")

@@ -60,10 +60,11 @@ from search.model.views import TTA_CHOICES
 from trainables.augment import InputSpec, prepare_batch
 from trainables.config import DataConfig, TrialConfig
 from trainables.data import ImageDataset
+from trainables.data.sources import IMAGE_EXTENSIONS
 
 Log = Callable[[str], None]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm"})
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # what a folder source reads (DICOM included) is what predict takes
 DATASET_SUFFIXES = frozenset({".npz", ".csv", ".zip"})
 # Pillow modes with a meaningful grayscale/RGB conversion (LAB, HSV... would be silently garbled).
 SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr",

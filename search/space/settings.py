@@ -92,7 +92,12 @@ class SchedulerSettings:
 
     type: Literal["asha", "none"] = setting("asha", doc="`asha` stops weak trials early; `none` runs every trial "
                                                         "to the end")
-    grace_period: int = setting(1, doc="epochs every trial runs before ASHA may stop it", rule=">= 1")
+    grace_period: int | str = setting(
+        "auto", doc="epochs every trial runs before ASHA may stop it; `auto`: 2 when the validation split (train + "
+                    "val under cross-validation) holds fewer than 1000 images, where one epoch ranks trials on "
+                    "noise, else 1",
+        rule=Rule("auto or an integer >= 1", lambda v: v == "auto" or (
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1), "e.g. auto, 1 or 2"))
     reduction_factor: float = setting(3.0, doc="ASHA keeps the top 1/`reduction_factor` of trials at each rung",
                                       rule="> 1")
     noise_margin: float | str = setting(

@@ -148,12 +148,14 @@ class StudyOutcome:
             (Ctrl-C: resume it), or ``no_trial_finished`` (every trial errored).
         name: the study name; resume: the command that continues it.
         counts: trials by state, read back from MLflow.
+        tracking_uri: where its MLflow runs are (None when nothing ran).
     """
 
     status: str
     name: str
     resume: str
     counts: dict[str, int]
+    tracking_uri: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -271,4 +273,4 @@ def run_study(space_path: str | Path, options: StudyOptions) -> StudyOutcome:
         client.set_terminated(parent_run_id, "KILLED" if interrupted else "FAILED")
         raise
     table, status = finish_study(client, exp_id, parent_run_id, space.tune.metric, space.tune.mode, status)
-    return StudyOutcome(status, directory.name, resume, state_counts(table))
+    return StudyOutcome(status, directory.name, resume, state_counts(table), tracking_uri)

@@ -28,7 +28,7 @@ def build_tuner(space: Space, directory: StudyFiles, data: Any, resources: dict[
     from search.study.mlflow_logger import MlflowTrialLogger
     from search.study.optuna_search import StudySearch, optuna_storage
     from search.study.progress import ProgressLine
-    from search.study.noise import resolve_noise_margin
+    from search.study.noise import resolve_grace_period, resolve_noise_margin
     from search.study.schedulers import PersistentASHA, SnapshotFIFO
     from search.study.stopping import BudgetStopper
     from search.study.trainable import train
@@ -57,12 +57,13 @@ def build_tuner(space: Space, directory: StudyFiles, data: Any, resources: dict[
     # in a ConcurrencyLimiter, which in practice serialises the study (ray#46965).
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.tune.max_concurrent or trial_slots(resources, joined))
     if space.scheduler.type == "asha":
-        margin, why = resolve_noise_margin(space.scheduler.noise_margin, metric, data,
-                                           int(space.params.get("cv_folds", 1)))
-        print(why, flush=True)
+        folds = int(space.params.get("cv_folds", 1))
+        grace, why_grace = resolve_grace_period(space.scheduler.grace_period, data, folds, space.max_epochs)
+        margin, why = resolve_noise_margin(space.scheduler.noise_margin, metric, data, folds)
+        print(f"{why_grace}; {why}", flush=True)
         scheduler: Any = PersistentASHA(
             directory, ASHA_FILE, noise_margin=margin, time_attr="training_iteration", max_t=space.max_epochs,
-            grace_period=min(space.scheduler.grace_period, space.max_epochs),
+            grace_period=grace,
             reduction_factor=space.scheduler.reduction_factor,
         )
     else:
