@@ -170,6 +170,7 @@ def test_stage_choices_are_clipped_to_the_sampled_backbone(tmp_path):
 
     text = GOOD.replace("frozen_stages: {int: [0, 5]}",
                         "truncate_after: {choice: [null, 2, 4]}\n  frozen_stages: {choice: [0, 3, 5]}")
+    text = text.replace("head_hidden:", "pretrained: {choice: [true]}\n  head_hidden:")  # frozen: pretrained only
     space = load_space(write(tmp_path, text))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
@@ -180,9 +181,40 @@ def test_stage_choices_are_clipped_to_the_sampled_backbone(tmp_path):
         check_model_config(config)
         seen.add((config.backbone, config.truncate_after, config.frozen_stages))
         study.tell(trial, 0.5)
-    assert ("cnn3", 2, 3) in seen  # truncate_after 4 -> 2 (cnn3's last stage), frozen 5 -> 3 stages kept
+    assert ("resnet18", 2, 3) in seen  # truncated after stage 2: 3 stages kept, frozen 5 -> 3
     assert any(b == "resnet18" and t == 4 for b, t, _ in seen)  # resnet18 keeps 4
-    assert all(t is None or t <= 2 for b, t, _ in seen if b == "cnn3")
+    assert all(t is None or t <= 2 for b, t, _ in seen if b == "cnn3")  # cnn3's last stage is 2
+    assert all(f == 0 for b, _, f in seen if b == "cnn3")  # a scratch CNN never freezes random layers
+
+
+def test_scratch_trials_never_sample_frozen_stages_or_lr_ratio(tmp_path):
+    """Frozen random layers and a slowed-down random backbone are not configurations anyone means."""
+    import optuna
+
+    from search.space.sampling import DefineByRun, scratch_note
+
+    text = GOOD.replace("frozen_stages: {int: [0, 5]}", "frozen_stages: {int: [0, 5]}\n  lr_ratio: "
+                        "{loguniform: [0.01, 1.0]}\n  pretrained: {choice: [true, false]}")
+    space = load_space(write(tmp_path, text))
+    assert "frozen_stages and lr_ratio: sampled only in pretrained trials" in scratch_note(space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    kinds = {True: 0, False: 0}
+    for _ in range(60):
+        trial = study.ask()
+        DefineByRun(space)(trial)
+        pretrained = trial.params.get("pretrained", False) and trial.params["backbone"] != "cnn3"
+        kinds[pretrained] += 1
+        assert pretrained == ("frozen_stages" in trial.params) == ("lr_ratio" in trial.params), trial.params
+        study.tell(trial, 0.5)
+    assert kinds[True] and kinds[False]
+    # nothing to say when every trial is pretrained, or when a grid lists its points itself
+    only_pretrained = text.replace("backbone: {choice: [cnn3, resnet18]}", "backbone: {choice: [resnet18]}") \
+        .replace("pretrained: {choice: [true, false]}", "pretrained: {choice: [true]}")
+    assert scratch_note(load_space(write(tmp_path, only_pretrained))) is None
+    grid = GOOD.replace("lr: {loguniform: [1.0e-4, 1.0e-2]}", "lr: {choice: [1.0e-3]}") \
+        .replace("momentum: {uniform: [0.5, 0.99], when: {optimizer: [sgd, rmsprop]}}", "") \
+        .replace("tune: {num_samples: 4", "tune: {algorithm: grid, num_samples: 1")
+    assert scratch_note(load_space(write(tmp_path, grid))) is None
 
 
 def test_seeds_and_retries_outside_what_numpy_optuna_and_ray_take_are_refused():

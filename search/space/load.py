@@ -191,9 +191,10 @@ class Space:
         return int(self.params.get("epochs", TrialConfig.epochs))
 
     def search_order(self) -> list[str]:
-        """Searched names in sampling order: the backbone and the truncation depth first
-        (other ranges depend on them), then the file's order."""
-        first = [n for n in ("backbone", "truncate_after") if n in self.search and not self.search[n].when]
+        """Searched names in sampling order: the backbone, ``pretrained`` and the truncation
+        depth first (other ranges depend on them), then the file's order."""
+        first = [n for n in ("backbone", "pretrained", "truncate_after") if n in self.search
+                 and not self.search[n].when]
         return first + [n for n in self.search if n not in first]
 
     @property

@@ -18,6 +18,28 @@ from search.space import Distribution, Space, TuneSettings
 from trainables.config import TrialConfig
 
 STAGE_PARAMS = ("truncate_after", "frozen_stages")
+# What only a pretrained backbone gives meaning to: freezing random layers or slowing their
+# learning rate is not a configuration anyone means.
+PRETRAINED_ONLY = ("frozen_stages", "lr_ratio")
+
+
+def wants_weights(pretrained: Any) -> bool:
+    """Whether a ``pretrained`` value asks for weights (``false`` and ``none`` do not)."""
+    return pretrained is not False and str(pretrained).lower() not in ("false", "none")
+
+
+def is_pretrained(values: dict[str, Any]) -> bool:
+    """Whether the trial sampled so far starts from pretrained weights (a scratch CNN never does)."""
+    from trainables.models.scratch import SCRATCH_MODELS
+
+    if values.get("backbone", TrialConfig.backbone) in SCRATCH_MODELS:
+        return False
+    return wants_weights(values.get("pretrained", TrialConfig.pretrained))
+
+
+def skipped_for_scratch(space: Space) -> list[str]:
+    """The searched settings TPE and random search leave at their defaults in scratch trials."""
+    return [name for name in PRETRAINED_ONLY if name in space.search] if space.tune.algorithm != "grid" else []
 
 
 @lru_cache(maxsize=None)
@@ -33,6 +55,21 @@ def stage_limits(values: dict[str, Any]) -> dict[str, int]:
     from trainables.models import kept_stages
 
     return {"truncate_after": stages - 1, "frozen_stages": kept_stages(stages, values.get("truncate_after"))}
+
+
+def scratch_note(space: Space) -> str | None:
+    """The line a study prints when it leaves a searched ``frozen_stages``/``lr_ratio`` out of scratch trials."""
+    from trainables.models.scratch import SCRATCH_MODELS
+
+    names = skipped_for_scratch(space)
+    backbones = space.search["backbone"].values if "backbone" in space.search and space.search["backbone"].kind \
+        == "choice" else (space.params.get("backbone", TrialConfig.backbone),)
+    pretrained = space.search["pretrained"].values if "pretrained" in space.search else \
+        (space.params.get("pretrained", TrialConfig.pretrained),)
+    if not names or (not any(b in SCRATCH_MODELS for b in backbones) and all(wants_weights(p) for p in pretrained)):
+        return None
+    return (f"{' and '.join(names)}: sampled only in pretrained trials; a scratch trial keeps frozen_stages 0 and "
+            "lr_ratio 1.0 (freezing random layers is not a configuration to search)")
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | None = None) -> Any:
@@ -69,11 +106,14 @@ class DefineByRun:
     Returns the stage indices as clipped (Tune's OptunaSearch lets returned values
     override the raw suggestions); fixed params are added by the trainable. Values
     that cannot apply are not sampled: ``when`` conditions, ``pretrained`` for a scratch
-    baseline, stage indices beyond what the sampled backbone (and truncation) keeps.
+    baseline, stage indices beyond what the sampled backbone (and truncation) keeps, and
+    (TPE and random search) ``frozen_stages`` and ``lr_ratio`` for a trial that is not
+    pretrained. A grid keeps every point it lists.
     """
 
     def __init__(self, space: Space) -> None:
         self.space = space
+        self.pretrained_only = set(skipped_for_scratch(space))
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         from trainables.models.scratch import SCRATCH_MODELS
@@ -85,6 +125,8 @@ class DefineByRun:
                 continue
             if name == "pretrained" and values.get("backbone") in SCRATCH_MODELS:
                 continue  # scratch baselines have no ImageNet weights: pretrained stays false
+            if name in getattr(self, "pretrained_only", ()) and not is_pretrained(values):
+                continue  # nothing pretrained to freeze or to fine-tune slowly: the defaults (0, 1.0)
             upper = stage_limits(values)[name] if name in STAGE_PARAMS else None
             values[name] = suggest(trial, name, dist, upper)
         # OptunaSearch overrides the raw suggestions with what is returned: the clipped stages.
