@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load_average, machine, table, write_section  # noqa: E402
+from common import ROOT, load_average, machine, run_report_args, table, write_section  # noqa: E402
 from generalization import DATASETS, SEARCH  # noqa: E402
 
 # BreastMNIST: 78 validation images; PneumoniaMNIST: 524 (its training split subsampled to
@@ -192,19 +192,14 @@ def report(workdir: Path, write_docs: bool) -> None:
                       command=f"python benchmarks/asha_noise.py report --workdir {workdir} --write-docs")
 
 
+def _run_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--budget", default="5m", help="wall-clock budget of each study (default 5m)")
+    run.add_argument("--seed", type=int, default=0)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run_ = commands.add_parser("run", help="the no-stopping studies")
-    run_.add_argument("--budget", default="5m", help="wall-clock budget of each study (default 5m)")
-    run_.add_argument("--seed", type=int, default=0)
-    run_.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-asha"))
-    rep = commands.add_parser("report", help="replay the rung rules and tabulate")
-    rep.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-asha"))
-    rep.add_argument("--write-docs", action="store_true")
-    args = parser.parse_args()
+    args = run_report_args(__doc__, Path("/tmp/medtune-asha"), _run_options, "the no-stopping studies")
     if args.command == "run":
-        os.environ.setdefault("MEDTUNE_DATA", str(ROOT.parent / "shared" / "data"))
         run(args.workdir, args.budget, args.seed)
     else:
         report(args.workdir, args.write_docs)

@@ -8,6 +8,7 @@ document always says what produced each number.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -15,6 +16,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -89,3 +91,25 @@ def table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def run_report_args(doc: str, workdir: Path, run_options: Callable[[argparse.ArgumentParser], None] | None,
+                    run_help: str = "run the measurements") -> argparse.Namespace:
+    """The command line of a benchmark with saved results: ``run`` (its ``run_options``; none
+    when it has no ``run``) and ``report [--write-docs]``, both with ``--workdir``.
+
+    ``$MEDTUNE_DATA`` defaults to the shared data beside the checkout.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    subcommands = []
+    if run_options is not None:
+        run = commands.add_parser("run", help=run_help)
+        run_options(run)
+        subcommands.append(run)
+    report = commands.add_parser("report", help="tables from the saved results")
+    report.add_argument("--write-docs", action="store_true", help="also update its section of docs/benchmarks.md")
+    for sub in (*subcommands, report):
+        sub.add_argument("--workdir", type=Path, default=workdir)
+    os.environ.setdefault("MEDTUNE_DATA", str(ROOT.parent / "shared" / "data"))
+    return parser.parse_args()

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load_average, machine, table, write_section  # noqa: E402
+from common import ROOT, load_average, machine, run_report_args, table, write_section  # noqa: E402
 
 DATASETS: dict[str, dict[str, Any]] = {
     "pneumonia": {"data": {"source": "medmnist/pneumoniamnist.npz"}, "params": {"aug_flip": False, "aug_shift": 2}},
@@ -188,21 +188,17 @@ def report(workdir: Path, write_docs: bool) -> None:
                       command=f"python benchmarks/generalization.py report --workdir {workdir} --write-docs")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run every study and export of the chosen data sets")
+def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     run.add_argument("--budget", default="3m", help="wall-clock budget of each study (default 3m)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--cpus", type=int, default=2)
-    run.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-generalization"))
-    rep = commands.add_parser("report", help="tables from finished runs")
-    rep.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-generalization"))
-    rep.add_argument("--write-docs", action="store_true")
-    args = parser.parse_args()
+
+
+def main() -> None:
+    args = run_report_args(__doc__, Path("/tmp/medtune-generalization"), _run_options,
+                           "run every study and export of the chosen data sets")
     if args.command == "run":
-        os.environ.setdefault("MEDTUNE_DATA", str(ROOT.parent / "shared" / "data"))
         for dataset in args.datasets:
             run_dataset(dataset, args.workdir, args.budget, args.seed, args.cpus)
     else:

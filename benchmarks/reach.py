@@ -17,7 +17,6 @@ Usage (under the CPU lock):
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, table, write_section  # noqa: E402
+from common import machine, run_report_args, table, write_section  # noqa: E402
 from generalization import DATASETS  # noqa: E402
 
 STUDIES = {"cv": "(b) TPE+ASHA, 5-fold CV, fold ensemble", "random": "(d) random search, no ASHA"}
@@ -105,13 +104,7 @@ def report(workdir: Path, write_docs: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    rep = commands.add_parser("report", help="score the best-so-far models and tabulate")
-    rep.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-generalization"))
-    rep.add_argument("--write-docs", action="store_true")
-    args = parser.parse_args()
-    os.environ.setdefault("MEDTUNE_DATA", str(ROOT.parent / "shared" / "data"))
+    args = run_report_args(__doc__, Path("/tmp/medtune-generalization"), None)
     report(args.workdir, args.write_docs)
 
 

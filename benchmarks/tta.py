@@ -14,7 +14,6 @@ Usage (under the CPU lock):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, table, write_section  # noqa: E402
+from common import ROOT, machine, run_report_args, table, write_section  # noqa: E402
 from generalization import DATASETS, EXPORT_FLAGS, LABELS, STUDY_OF  # noqa: E402
 
 ARMS = ("single", "cv")
@@ -100,16 +99,9 @@ def report(workdir: Path, write_docs: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="export every arm of every finished data set under each view set")
-    run.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-generalization"))
-    rep = commands.add_parser("report", help="tables from finished exports")
-    rep.add_argument("--workdir", type=Path, default=Path("/tmp/medtune-generalization"))
-    rep.add_argument("--write-docs", action="store_true")
-    args = parser.parse_args()
+    args = run_report_args(__doc__, Path("/tmp/medtune-generalization"), lambda _: None,
+                           "export every arm of every finished data set under each view set")
     if args.command == "run":
-        os.environ.setdefault("MEDTUNE_DATA", str(ROOT.parent / "shared" / "data"))
         for dataset in DATASETS:
             if (args.workdir / dataset / "meta.json").exists():
                 run_dataset(args.workdir / dataset)
