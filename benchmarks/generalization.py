@@ -147,13 +147,15 @@ def _last_error(log: Path) -> str:
     return lines[-1][:300] if lines else "no log"
 
 
+def finished_datasets(workdir: Path) -> list[tuple[str, Path]]:
+    """(data set, its folder) for every data set whose studies ran under ``workdir``."""
+    return [(dataset, workdir / dataset) for dataset in DATASETS if (workdir / dataset / "meta.json").exists()]
+
+
 def report(workdir: Path, write_docs: bool) -> None:
     """Tables per data set and the targets, printed (and written to docs/benchmarks.md)."""
     sections, verdicts = [], []
-    for dataset in DATASETS:
-        folder = workdir / dataset
-        if not (folder / "meta.json").exists():
-            continue
+    for dataset, folder in finished_datasets(workdir):
         meta = json.loads((folder / "meta.json").read_text())
         rows = {arm: row for arm in ARMS if (row := arm_row(folder, arm)) is not None}
         failed = {arm: _last_error(folder / f"export-{arm}.log") for arm in ARMS if arm not in rows}

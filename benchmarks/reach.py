@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, run_report_args, table, write_section  # noqa: E402
-from generalization import DATASETS  # noqa: E402
+from generalization import finished_datasets  # noqa: E402
 
 STUDIES = {"cv": "(b) TPE+ASHA, 5-fold CV, fold ensemble", "random": "(d) random search, no ASHA"}
 
@@ -38,8 +38,8 @@ def best_so_far(folder: Path, dataset: str, study_kind: str) -> list[tuple[float
     client = study.client()
     started = client.get_run(study.parent_run_id).info.start_time
     trials = finished_trials(client, study)
-    ended = sorted(((client.get_run(t.run_id).info.end_time - started) / 1000.0, t) for t in trials
-                   if client.get_run(t.run_id).info.end_time)
+    ends = {t.run_id: client.get_run(t.run_id).info.end_time for t in trials}
+    ended = sorted(((ends[t.run_id] - started) / 1000.0, t) for t in trials if ends[t.run_id])
     points, best = [], None
     sign = 1.0 if trials[0].mode == "max" else -1.0
     for seconds, trial in ended:
@@ -73,10 +73,7 @@ def test_auc(folder: Path, dataset: str, study_kind: str, trial: Any, cache: dic
 def report(workdir: Path, write_docs: bool) -> None:
     """Per data set: each search's best-so-far test AUC over time, and the target."""
     sections, verdicts = [], []
-    for dataset in DATASETS:
-        folder = workdir / dataset
-        if not (folder / "meta.json").exists():
-            continue
+    for dataset, folder in finished_datasets(workdir):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
         cache: dict = {}
         curves = {kind: [(s, v, test_auc(folder, dataset, kind, t, cache))

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, run_report_args, table, write_section  # noqa: E402
-from generalization import DATASETS, EXPORT_FLAGS, LABELS, STUDY_OF  # noqa: E402
+from generalization import DATASETS, EXPORT_FLAGS, LABELS, STUDY_OF, finished_datasets  # noqa: E402
 
 ARMS = ("single", "cv")
 VIEWS = ("none", "flip", "dihedral")
@@ -102,9 +102,8 @@ def main() -> None:
     args = run_report_args(__doc__, Path("/tmp/medtune-generalization"), lambda _: None,
                            "export every arm of every finished data set under each view set")
     if args.command == "run":
-        for dataset in DATASETS:
-            if (args.workdir / dataset / "meta.json").exists():
-                run_dataset(args.workdir / dataset)
+        for _, folder in finished_datasets(args.workdir):
+            run_dataset(folder)
     else:
         report(args.workdir, args.write_docs)
 

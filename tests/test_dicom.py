@@ -129,7 +129,7 @@ def test_a_csv_manifest_lists_dicom_files_by_path(tmp_path):
 
 
 def test_predict_decodes_a_dicom_file_with_the_studys_window(tmp_path):
-    from search.model.predict import ExportedModel, decode_image
+    from search.model.predict import ExportedModel, PredictError, decode_image
     from trainables.augment import InputSpec
 
     pre = {"channels": 1, "image_size": 32, "stored_size": [32, 32], "window": [40.0, 400.0]}
@@ -140,3 +140,5 @@ def test_predict_decodes_a_dicom_file_with_the_studys_window(tmp_path):
     unwindowed = decode_image(Path(CT), ExportedModel(tmp_path, {"preprocess": {**pre, "window": None}}, [],
                                                       model.spec))
     assert not np.array_equal(unwindowed, image)  # the file has no window: its min-max instead
+    with pytest.raises(PredictError, match=r"cannot decode .*rtdose.dcm \(DicomError: multi-frame DICOM \(15 frames\)"):
+        decode_image(Path(MULTI_FRAME), model)

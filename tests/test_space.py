@@ -196,7 +196,8 @@ def test_scratch_trials_never_sample_frozen_stages_or_lr_ratio(tmp_path):
     text = GOOD.replace("frozen_stages: {int: [0, 5]}", "frozen_stages: {int: [0, 5]}\n  lr_ratio: "
                         "{loguniform: [0.01, 1.0]}\n  pretrained: {choice: [true, false]}")
     space = load_space(write(tmp_path, text))
-    assert "frozen_stages and lr_ratio: sampled only in pretrained trials" in scratch_note(space)
+    assert "frozen_stages and lr_ratio: sampled only in pretrained trials; a scratch trial keeps frozen_stages 0 " \
+           "and lr_ratio 1.0" in scratch_note(space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
     kinds = {True: 0, False: 0}
     for _ in range(60):

@@ -64,7 +64,6 @@ from trainables.data.sources import IMAGE_EXTENSIONS
 
 Log = Callable[[str], None]
 
-IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # what a folder source reads (DICOM included) is what predict takes
 DATASET_SUFFIXES = frozenset({".npz", ".csv", ".zip"})
 # Pillow modes with a meaningful grayscale/RGB conversion (LAB, HSV... would be silently garbled).
 SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr",
@@ -368,7 +367,7 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
             else:
                 sources.append(Source("files", path, (path,)))  # unreadable non-images fail with a clear message
             continue
-        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                         and not p.name.startswith("."))
         is_dataset = (path / "labels.csv").is_file() or detect_format(path) == "kaggle_pcam"
         if images and not is_dataset:
@@ -376,7 +375,7 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
         elif is_dataset or any(p.is_dir() for p in path.iterdir()):
             sources.append(Source("dataset", path))
         else:
-            raise PredictError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no data set; "
+            raise PredictError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) and no data set; "
                                "give image files, a folder of images or a data set")
     return sources
 
@@ -386,6 +385,16 @@ def is_kaggle(sources: list[Source], model: ExportedModel) -> bool:
     files = [f for s in sources for f in s.files]
     return (len(model.class_names) == 2 and bool(files) and all(s.kind == "files" and s.path.is_dir() for s in sources)
             and all(f.suffix.lower() == ".tif" and KAGGLE_ID.match(f.stem) for f in files))
+
+
+def _header_mode(data: bytes) -> str:
+    """The Pillow mode of an encoded image, from its header."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.mode
 
 
 def decode_image(path: Path, model: ExportedModel) -> np.ndarray:
@@ -400,15 +409,14 @@ def decode_image(path: Path, model: ExportedModel) -> np.ndarray:
     from trainables.data.decode import (
         _decode_one,  # the training decoder itself, so inputs match training
     )
-    from trainables.data.dicom import DicomError, open_image
+    from trainables.data.dicom import is_dicom
 
     pre = model.preprocess
     window = tuple(pre["window"]) if pre.get("window") else None  # DICOM: the study's display window
     data = path.read_bytes()
-    try:
-        with open_image(data, window) as image:  # reads the header only (a DICOM file: its pixels)
-            mode = image.mode
-    except (UnidentifiedImageError, OSError, DicomError) as err:
+    try:  # the header only; a DICOM file always becomes L or RGB, and is decoded once, below
+        mode = "L" if is_dicom(data) else _header_mode(data)
+    except (UnidentifiedImageError, OSError) as err:
         why = "not an image file Pillow can read" if isinstance(err, UnidentifiedImageError) else str(err)
         raise PredictError(f"cannot read {path} as an image ({why}); give PNG, JPEG, TIFF or single-frame DICOM "
                            "files") from None

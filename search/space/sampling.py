@@ -68,8 +68,9 @@ def scratch_note(space: Space) -> str | None:
         (space.params.get("pretrained", TrialConfig.pretrained),)
     if not names or (not any(b in SCRATCH_MODELS for b in backbones) and all(wants_weights(p) for p in pretrained)):
         return None
-    return (f"{' and '.join(names)}: sampled only in pretrained trials; a scratch trial keeps frozen_stages 0 and "
-            "lr_ratio 1.0 (freezing random layers is not a configuration to search)")
+    kept = " and ".join(f"{name} {getattr(TrialConfig, name)}" for name in names)
+    return (f"{' and '.join(names)}: sampled only in pretrained trials; a scratch trial keeps {kept} (freezing "
+            "random layers is not a configuration to search)")
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Distribution, upper: int | None = None) -> Any:
@@ -125,8 +126,9 @@ class DefineByRun:
                 continue
             if name == "pretrained" and values.get("backbone") in SCRATCH_MODELS:
                 continue  # scratch baselines have no ImageNet weights: pretrained stays false
+            # (a searcher pickled before this rule existed has no `pretrained_only`: its study keeps sampling them)
             if name in getattr(self, "pretrained_only", ()) and not is_pretrained(values):
-                continue  # nothing pretrained to freeze or to fine-tune slowly: the defaults (0, 1.0)
+                continue  # nothing pretrained to freeze or to fine-tune slowly: TrialConfig's defaults
             upper = stage_limits(values)[name] if name in STAGE_PARAMS else None
             values[name] = suggest(trial, name, dist, upper)
         # OptunaSearch overrides the raw suggestions with what is returned: the clipped stages.

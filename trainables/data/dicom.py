@@ -17,8 +17,9 @@ Files one image per file can hold are refused per file and counted with the unre
 images, like a corrupt JPEG: multi-frame files (a CT series stored as one file, an
 ultrasound clip), files without pixel data (structured reports, RT structures), and
 compressed pixel data with no codec installed (JPEG-LS, for instance, needs
-``pyjpegls`` or ``python-gdcm``). No tag other than the pixel module is read, and none
-is logged: patient names and ids stay in the file.
+``pyjpegls`` or ``python-gdcm``). Only the image tags are used (pixels, rescale, window,
+photometric interpretation, frame count; the modality in a skip reason): patient names
+and ids are never read into a message or a log.
 """
 
 from __future__ import annotations
