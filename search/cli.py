@@ -3,8 +3,11 @@
 - ``search trial SPACE.yaml [--set key=value ...]`` runs one trial in-process with the
   space's default values, one line of metrics per epoch: the way to check a space before
   launching a study.
+- ``search init DATA`` reads a data source's fingerprint and writes a commented space
+  sized to a ``--budget`` (see :mod:`search.init`).
 - ``search run SPACE.yaml`` runs a study on Ray Tune (locally, or on a cluster with
-  ``--address``), logging every trial to MLflow; ``--resume`` continues one.
+  ``--address``), logging every trial to MLflow; ``--resume`` continues one. ``search
+  run DATA`` does ``init`` and ``run`` in one step, keeping the written space beside the study.
 - ``search list`` shows the studies; ``search best NAME`` the best trial and a
   leaderboard, and with ``--export DIR`` writes the final model, tested once on the
   held-out test split (``--refit`` retrains it on train + val, ``--register`` adds it to
@@ -18,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 import time
@@ -93,10 +97,67 @@ def next_steps(name: str, storage: str | None, tracking_uri: str | None) -> str:
     return "\n".join(lines)
 
 
+def _init(args: argparse.Namespace) -> int:
+    from search.init import InitError, InitOptions, configure, write_space
+    from trainables.data import DataError
+
+    try:
+        result = configure(args.data, InitOptions(budget=args.budget, question=args.question,
+                                                  modality=args.modality, name=args.name))
+        out = write_space(result, Path(args.out or f"{result.name}.yaml"), force=args.force)
+    except (DataError, InitError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(result.lines))
+    print(f"wrote {out} in {result.seconds:.0f} s; it validates as `search run` reads it")
+    print(f"next:\n  search trial {out} --set epochs=1    # one trial, in about a minute\n"
+          f"  search run {out}    # the study, {args.budget}")
+    return 0
+
+
+def is_space_file(path: str) -> bool:
+    """Whether ``search run``'s argument is a space (``.yaml``/``.yml``) rather than a data source."""
+    return Path(path).suffix.lower() in (".yaml", ".yml")
+
+
+def space_beside_study(args: argparse.Namespace) -> str:
+    """For ``search run DATA``: the space ``search init`` writes beside the study (reused by ``--resume``).
+
+    It is ``<storage>/<name>.space.yaml``, or ``./<name>.space.yaml`` when the storage is a
+    URI. The budget is ``--time-budget`` (default 30m).
+    """
+    from search.init import InitOptions, configure, find_data, study_name, write_space
+    from search.records.storage import is_uri, normalize
+    from search.study.run import DEFAULT_STORAGE
+
+    name = args.name or study_name(find_data(args.space))
+    storage = normalize(args.storage or os.environ.get("MEDTUNE_STORAGE") or DEFAULT_STORAGE)
+    path = (Path(".") if is_uri(storage) else Path(storage)) / f"{name}.space.yaml"
+    if args.resume:
+        if not path.is_file():
+            raise ValueError(f"--resume {args.space}: no space was written for study {name!r} at {path}; "
+                             "pass the space file, or the --name / --storage the study ran with")
+        print(f"resuming with the space search init wrote: {path}", flush=True)
+        return str(path)
+    budget = args.time_budget or "30m"
+    result = configure(args.space, InitOptions(budget=budget, name=name))
+    write_space(result, path, force=True)
+    print("\n".join(result.lines), flush=True)
+    print(f"search init wrote {path} in {result.seconds:.0f} s; running it", flush=True)
+    return str(path)
+
+
 def _run(args: argparse.Namespace) -> int:
+    from search.init import InitError
     from search.study import StudyOptions, run_study
     from trainables.data import DataError
 
+    if not is_space_file(args.space):
+        try:
+            args.space = space_beside_study(args)
+        except (DataError, InitError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     options = StudyOptions(name=args.name, address=args.address, num_samples=args.num_samples,
                            time_budget=args.time_budget, resume=args.resume, tracking_uri=args.tracking_uri,
                            storage=args.storage, num_cpus=args.num_cpus, cv=_cv(args.cv))
@@ -271,8 +332,25 @@ def build_parser() -> argparse.ArgumentParser:
                        "(overrides tune.cv_folds)")
     trial.set_defaults(func=_trial)
 
+    init = commands.add_parser("init", help="read a data source and write a space sized to a budget, every value "
+                               "with the rule that chose it")
+    init.add_argument("data", help="data source: .npz, CSV/zip manifest, ImageFolder, DICOM folder, Kaggle PCam "
+                      "folder (relative paths: from here, else under $MEDTUNE_DATA)")
+    init.add_argument("--out", help="space file to write (default <name>.yaml)")
+    init.add_argument("--budget", default="30m", help="the study's wall-clock budget, e.g. 15m or 2h (default 30m)")
+    init.add_argument("--question", default="all", choices=["transfer", "depth", "truncation", "features", "all"],
+                      help="what the study asks: scratch vs pretrained (transfer), how many stages to freeze "
+                      "(depth), truncated vs full network (truncation), feature extraction vs fine-tuning "
+                      "(features), or all of it with the training settings (default)")
+    init.add_argument("--modality", choices=["xray", "ct", "mri", "histology", "other"],
+                      help="the kind of image, for the augmentations (default: from DICOM tags or the path)")
+    init.add_argument("--name", help="study name (default: from the source's file name)")
+    init.add_argument("--force", action="store_true", help="replace an existing --out file")
+    init.set_defaults(func=_init)
+
     run = commands.add_parser("run", help="run a study: Optuna proposes, ASHA stops early, MLflow records")
-    run.add_argument("space", help="space YAML file, e.g. spaces/quickstart.yaml")
+    run.add_argument("space", help="space YAML file, e.g. spaces/quickstart.yaml; or a data source, which "
+                     "`search init` configures first (budget: --time-budget, default 30m)")
     run.add_argument("--name", help="study name (default: the space's name)")
     run.add_argument("--address", help="join a running Ray cluster (e.g. auto or 10.0.0.1:6379); default: start Ray here")
     run.add_argument("--num-samples", type=int, help="number of trials (overrides tune.num_samples)")

@@ -310,6 +310,32 @@ def _open_csv(csv_path: Path, config: DataConfig) -> Manifest:
                     read=_DirReader(root, table["paths"]).read)
 
 
+def csv_header(path: Path) -> list[str]:
+    """The columns of the CSV manifest a source uses (``[]`` when it has none).
+
+    The same file :func:`open_source` reads: the ``.csv`` itself, ``labels.csv`` in a folder,
+    or the ``labels.csv`` in a zip's top folder. ``search init`` reads it to find the label,
+    path and patient columns before it writes a space.
+    """
+    try:
+        if path.is_file() and path.suffix.lower() == ".csv":
+            data, name = path.read_bytes(), str(path)
+        elif path.is_dir() and (path / "labels.csv").is_file():
+            data, name = (path / "labels.csv").read_bytes(), str(path / "labels.csv")
+        elif path.is_file() and path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                inner = sorted((m for m in zf.namelist() if PurePosixPath(m).name == "labels.csv"
+                                and len(PurePosixPath(m).parts) <= 2), key=lambda m: (m.count("/"), m))
+                if not inner:
+                    return []
+                data, name = zf.read(inner[0]), f"{path}:{inner[0]}"
+        else:
+            return []
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read the manifest of {path} ({exc})") from None
+    return _read_csv(data, name)[0]
+
+
 def _sibling_zip(csv_path: Path) -> Path | None:
     name = csv_path.name
     stem = name[: -len(".labels.csv")] if name.endswith(".labels.csv") else csv_path.stem
