@@ -1,6 +1,6 @@
 """``search report`` on a real study: sections, numbers matching MLflow, valid PNGs, artifacts.
 
-One tiny grid study (cnn3 on PneumoniaMNIST at 28 px, 8 trials of at most 2 epochs)
+One tiny grid study (ImageNet EfficientNet-Lite0 on PneumoniaMNIST at 28 px, 8 trials of at most 2 epochs)
 runs through the real ``search run``; the report is then written before and after
 ``search best --export`` and read back against the study's MLflow records.
 """
@@ -29,12 +29,13 @@ name: tiny
 data:
   source: medmnist/pneumoniamnist.npz
 params:
-  backbone: cnn3
+  backbone: tf_efficientnet_lite0        # offline ImageNet weights: frozen stages mean something
+  pretrained: true
   epochs: 2
   batch_size: 32
 search:
   lr: {choice: [3.0e-3, 1.0e-6]}          # 1e-6 learns nothing: ASHA stops those trials
-  frozen_stages: {choice: [0, 3]}          # 3 = all of cnn3's stages: feature extraction
+  frozen_stages: {choice: [0, 5]}          # 5 = all of lite0's stages: feature extraction
   train_fraction: {choice: [0.05, 0.15]}
 tune: {algorithm: grid, num_samples: 1, max_failures: 0}
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
@@ -72,7 +73,7 @@ def test_report_sections_numbers_plots_and_artifacts(study, monkeypatch):
     for title in SECTIONS:
         assert re.search(rf"^## {re.escape(title)}", text, re.M), title
     # Questions the study did not vary get one line, not a failure.
-    assert "Not studied: every finished trial used the same initialisation (scratch)" in text
+    assert "Not studied: every finished trial used the same initialisation (ImageNet)" in text
     assert "Not studied: `truncate_after` was not varied" in text
     assert "No test metrics yet: `search best tiny --export DIR`" in text
 
@@ -93,9 +94,10 @@ def test_report_sections_numbers_plots_and_artifacts(study, monkeypatch):
     stopped = sum(c.data.tags["medtune.state"] == "stopped_early" for c in children)
     assert stopped >= 1 and f"ASHA stopped {stopped} at epoch 1" in text
 
-    # Feature extraction (frozen_stages 3 = every cnn3 stage) is compared with fine-tuning, per training fraction.
+    # Feature extraction (frozen_stages 5 = every lite0 stage) is compared with fine-tuning, per training fraction.
     for fraction in ("5%", "15%"):
-        assert re.search(rf"^\| cnn3 \(scratch, {fraction} of train\) \| 0\.\d+ \| 0\.\d+ \| [+-]0\.\d{{4}} \|",
+        assert re.search(rf"^\| tf_efficientnet_lite0 \(ImageNet, {fraction} of train\) \| 0\.\d+ \| 0\.\d+ "
+                         rf"\| [+-]0\.\d{{4}} \|",
                          text, re.M), fraction
     # Uncertainty: a bootstrap interval around the best trial's AUC from its saved predictions.
     low, high = map(float, re.search(r"95% bootstrap interval \[([0-9.]+), ([0-9.]+)\]", text).groups())

@@ -146,18 +146,21 @@ def test_shipped_spaces_only_propose_valid_trials(tmp_path):
         sampler = sampler_for(space) if grid else optuna.samplers.RandomSampler(seed=0)
         study = optuna.create_study(sampler=sampler)
         define = DefineByRun(space)
-        checked = 0
+        checked, seen = 0, set()
         for _ in range(grid_size(space) if grid else 40):
             trial = study.ask()
             clipped = define(trial)
             config = TrialConfig.from_dict({**space.params, **trial.params, **clipped})  # as OptunaSearch merges them
             check_model_config(config)  # raises ModelError for a combination that cannot run
             checked += 1
+            seen.add(repr(sorted(config.to_dict().items())))
             if not grid:
                 study.tell(trial, 0.5)
             elif checked < grid_size(space):  # GridSampler stops the study after its last point
                 study.tell(trial, 0.5)
         assert checked == (grid_size(space) if grid else 40), path
+        if grid:
+            assert len(seen) == checked, path  # no grid trial repeats another
 
 
 def test_stage_choices_are_clipped_to_the_sampled_backbone(tmp_path):
@@ -208,14 +211,119 @@ def test_scratch_trials_never_sample_frozen_stages_or_lr_ratio(tmp_path):
         assert pretrained == ("frozen_stages" in trial.params) == ("lr_ratio" in trial.params), trial.params
         study.tell(trial, 0.5)
     assert kinds[True] and kinds[False]
-    # nothing to say when every trial is pretrained, or when a grid lists its points itself
+    # nothing to say when every trial is pretrained; a grid follows the rule too (and says so)
     only_pretrained = text.replace("backbone: {choice: [cnn3, resnet18]}", "backbone: {choice: [resnet18]}") \
         .replace("pretrained: {choice: [true, false]}", "pretrained: {choice: [true]}")
     assert scratch_note(load_space(write(tmp_path, only_pretrained))) is None
     grid = GOOD.replace("lr: {loguniform: [1.0e-4, 1.0e-2]}", "lr: {choice: [1.0e-3]}") \
         .replace("momentum: {uniform: [0.5, 0.99], when: {optimizer: [sgd, rmsprop]}}", "") \
         .replace("tune: {num_samples: 4", "tune: {algorithm: grid, num_samples: 1")
-    assert scratch_note(load_space(write(tmp_path, grid))) is None
+    assert scratch_note(load_space(write(tmp_path, grid))).startswith("frozen_stages: sampled only in pretrained")
+
+
+TRUNCATED = Path(__file__).parents[1] / "spaces" / "truncated.yaml"
+
+SCRATCH_GRID = """
+name: scratchgrid
+data:
+  source: medmnist/pneumoniamnist.npz
+params:
+  epochs: 1
+search:
+  backbone: {choice: [cnn3, tf_efficientnet_lite0]}
+  pretrained: {choice: [true, false]}
+  frozen_stages: {choice: [0, 2]}
+tune: {algorithm: grid, num_samples: 1}
+"""
+
+
+def test_grid_points_that_clipping_makes_identical_run_once():
+    """spaces/truncated.yaml: frozen_stages is clipped to the stages each truncation keeps,
+    so 6 of its 24 points repeat another, and the study runs the 18 distinct ones once."""
+    from search.space.sampling import grid_note, grid_points, grid_size
+    from trainables.models import backbone_stages, kept_stages
+
+    space = load_space(TRUNCATED)
+    points = grid_points(space)
+    assert (points.listed, len(points.points), points.collapsed, grid_size(space)) == (24, 18, 6, 18)
+    stages = backbone_stages(space.params["backbone"])
+    # the repeats are exactly the listed points whose frozen depth is beyond what their truncation keeps
+    beyond = [{"truncate_after": t, "frozen_stages": f} for t in range(1, 5) for f in range(6)
+              if f > kept_stages(stages, t)]
+    assert [raw for raw, _ in points.repeats] == beyond
+    assert all(point == {**raw, "frozen_stages": kept_stages(stages, raw["truncate_after"])}
+               for raw, point in points.repeats)
+    # the distinct points: listing order, first occurrences, each depth up to what is kept
+    assert points.points == [{"truncate_after": t, "frozen_stages": f} for t in range(1, 5)
+                             for f in range(kept_stages(stages, t) + 1)]
+    assert grid_note(space) == ("grid: 24 points listed, 18 distinct after clipping frozen_stages to the stages "
+                                "each truncation keeps (6 duplicates run once)")
+
+
+def test_grid_points_of_scratch_backbones_and_scratch_trials_collapse(tmp_path):
+    """cnn3 is never pretrained and never frozen; lite0 from scratch is never frozen either."""
+    from search.space.sampling import grid_note, grid_points, scratch_note
+
+    space = load_space(write(tmp_path, SCRATCH_GRID))
+    points = grid_points(space)
+    assert points.points == [
+        {"backbone": "cnn3"},
+        {"backbone": "tf_efficientnet_lite0", "pretrained": True, "frozen_stages": 0},
+        {"backbone": "tf_efficientnet_lite0", "pretrained": True, "frozen_stages": 2},
+        {"backbone": "tf_efficientnet_lite0", "pretrained": False},
+    ]
+    assert (points.listed, points.collapsed) == (8, 4)
+    assert [point for _, point in points.repeats] == [{"backbone": "cnn3"}] * 3 + \
+        [{"backbone": "tf_efficientnet_lite0", "pretrained": False}]
+    assert grid_note(space) == ("grid: 8 points listed, 4 distinct after keeping frozen_stages 0 in scratch trials "
+                                "and leaving pretrained false for scratch backbones (4 duplicates run once)")
+    assert scratch_note(space) is not None
+    # nothing to say for a grid without repeats, or for TPE
+    assert grid_note(load_space(write(tmp_path, SCRATCH_GRID.replace("cnn3, ", "").replace("true, false", "true")))) \
+        is None
+    assert grid_note(load_space(write(tmp_path, SCRATCH_GRID.replace("algorithm: grid", "algorithm: tpe")))) is None
+
+
+def test_grid_searcher_asks_each_distinct_point_once_under_its_real_names(tmp_path):
+    """Through Tune's OptunaSearch as the study builds it: the configs Tune gets (and the
+    MLflow params are made from) and the Optuna trials (the dashboard's) hold the real
+    parameter names and values, nothing else, once per distinct point; a pickled sampler
+    (Tune pickles the searcher) walks the same points in the same order."""
+    import optuna
+    import ray.cloudpickle
+
+    from search.records.storage import StudyFiles
+    from search.space.sampling import DefineByRun, grid_points, sampler_for
+    from search.study.optuna_search import StudySearch, optuna_storage
+    from trainables.config import TrialConfig
+
+    space = load_space(write(tmp_path, SCRATCH_GRID))
+    files = StudyFiles(str(tmp_path / "studies"), "scratchgrid")
+    storage = optuna_storage(files, space.path)
+    searcher = StudySearch(DefineByRun(space), sampler_for(space), "val_auc", "max", storage=storage,
+                           study_name="scratchgrid", fixed=dict(space.params), parent_run_id="a" * 32)
+    Path(files.uri).mkdir(parents=True)
+    configs = []
+    for i in range(4):
+        configs.append(searcher.suggest(f"t{i}"))
+        TrialConfig.from_dict({**space.params, **configs[-1]})  # no key a trial does not know
+        searcher.on_trial_complete(f"t{i}", {"val_auc": 0.5 + i / 10, "epoch": 1})
+    distinct = grid_points(space).points
+    assert sorted(configs, key=repr) == sorted(distinct, key=repr)
+    study = optuna.load_study(study_name="scratchgrid", storage=storage.open())
+    assert sorted((t.params for t in study.trials), key=repr) == sorted(distinct, key=repr)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert {type(t.distributions.get("frozen_stages")).__name__ for t in study.trials} == \
+        {"CategoricalDistribution", "NoneType"}  # the space's own distribution, as TPE would record it
+    # a pickled sampler (Tune pickles the searcher) walks the same points in the same order
+    sampler = ray.cloudpickle.loads(ray.cloudpickle.dumps(sampler_for(space)))
+    memory = optuna.create_study(sampler=sampler)
+    for i in range(4):
+        trial = memory.ask()
+        DefineByRun(space)(trial)
+        if i < 3:  # GridSampler stops the study after its last point (raising outside optimize)
+            memory.tell(trial, 0.5)
+    assert [t.params for t in memory.trials] == [t.params for t in sorted(study.trials, key=lambda t: t.number)]
 
 
 def test_seeds_and_retries_outside_what_numpy_optuna_and_ray_take_are_refused():

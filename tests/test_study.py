@@ -32,6 +32,8 @@ search:
   lr: {choice: [3.0e-3, 1.0e-6]}
   optimizer: {choice: [adam, sgd]}
   crop_size: {choice: [null, 64]}     # 64 > 28 px: these trials raise at setup
+  pretrained: {choice: [true, false]} # cnn3 has no weights, and a scratch trial is never frozen:
+  frozen_stages: {choice: [0, 2]}     # 32 points listed, 8 distinct trials
 tune: {algorithm: grid, num_samples: 1, max_failures: 0}
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
 resources: {cpus: 1}
@@ -93,6 +95,21 @@ def test_study_end_to_end_with_asha_errors_and_mlflow(tmp_path):
     assert proc.returncode == 0, log
     client, record, children = study_runs(tmp_path, "grid")
     assert len(children) == 8, log
+    # Listed points that make the same trial run once, said in one line; MLflow and Optuna hold the real values.
+    assert ("grid: 32 points listed, 8 distinct after keeping frozen_stages 0 in scratch trials and leaving "
+            "pretrained false for scratch backbones (24 duplicates run once)") in log.splitlines(), log
+    configs = [json.loads(c.data.tags["medtune.config"]) for c in children]
+    assert len({(c["lr"], c["optimizer"], c["crop_size"]) for c in configs}) == 8
+    assert all(c["pretrained"] is False and c["frozen_stages"] == 0 for c in configs)
+    assert all(json.loads(c.data.tags["medtune.searched"]) == ["crop_size", "lr", "optimizer"] for c in children)
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "studies" / "grid" / "optuna.journal")))
+    trials = optuna.load_study(study_name="grid", storage=journal).trials
+    assert len(trials) == 8 and all(set(t.params) == {"lr", "optimizer", "crop_size"} for t in trials)
+    assert len({tuple(sorted(t.params.items(), key=str)) for t in trials}) == 8
     states = sorted(c.data.tags["medtune.state"] for c in children)
     assert states.count("errored") == 4, states
     assert "stopped_early" in states, states  # lr 1e-6 trials fall below the rung cutoff

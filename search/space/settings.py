@@ -43,7 +43,8 @@ class TuneSettings:
 
     algorithm: Literal["tpe", "random", "grid"] = setting(
         "tpe", doc="`tpe` (Optuna TPE: seeded, multivariate, constant liar), `random`, or `grid` (every "
-                   "combination of the `choice` and `int` parameters)")
+                   "combination of the `choice` and `int` parameters; combinations that make the same trial "
+                   "run once)")
     num_samples: int = setting(10, doc="number of trials (`grid`: repeats of the grid)", rule=">= 1")
     time_budget: str | None = setting(
         None, doc="wall time of the whole study, summed over every `--resume` of it; trials running when it "

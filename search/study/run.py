@@ -209,9 +209,11 @@ def run_study(space_path: str | Path, options: StudyOptions) -> StudyOutcome:
         folds, why = resolve_cv_folds(space.tune.cv_folds, data)
     space = with_cv_folds(space, data, folds)  # a K the data cannot take is refused here, before Ray
     print(why, flush=True)
-    from search.space.sampling import scratch_note
+    from search.space.sampling import grid_note, scratch_note
 
     if (note := scratch_note(space)) is not None:
+        print(note, flush=True)
+    if (note := grid_note(space)) is not None:
         print(note, flush=True)
     resume = resume_command(space_path, options, directory.name)
     if record is not None:
