@@ -86,7 +86,7 @@ def run_dataset(dataset: str, workdir: Path, budget: str, cpus: int) -> None:
         if not (folder / "studies" / name / "medtune_study.json").exists():
             meta[f"{arm}_study_seconds"] = _search(["run", str(spaces[arm]), "--name", name, "--storage", storage,
                                                     "--time-budget", budget, "--num-cpus", str(cpus)], folder,
-                                                   f"{arm}.log")
+                                                   f"study-{arm}.log")
         if not (folder / "exports" / arm / "metrics.json").exists():
             _search(["best", name, "--storage", storage, "--export", str(folder / "exports" / arm), "--force"],
                     folder, f"export-{arm}.log")

@@ -235,3 +235,21 @@ def test_search_run_data_configures_runs_and_resumes_with_the_space_it_wrote(tmp
     main(["run", str(data_root / "pcam_kaggle_sample"), "--storage", str(storage), "--resume"])
     assert f"resuming with the space search init wrote: {written}" in capsys.readouterr().out
     assert written.read_text() == before  # resume reuses the space instead of configuring anew
+
+
+def test_a_class_too_small_for_the_splits_is_refused_before_decoding_with_the_counts(tmp_path, data_root, capsys):
+    archive = data_root / "pcam" / "pcam_26k_96px.zip"
+    with zipfile.ZipFile(archive) as zf:
+        inner = next(n for n in zf.namelist() if n.endswith("labels.csv"))
+        rows = list(csv.DictReader(io.StringIO(zf.read(inner).decode())))
+        chosen = [r for r in rows if r["label"] == "0"][:30] + [r for r in rows if r["label"] == "1"][:30]
+        lines = ["path,label"]
+        for i, row in enumerate(chosen):
+            (tmp_path / f"{i}.jpg").write_bytes(zf.read(f"{inner.rsplit('/', 1)[0]}/{row['path']}"))
+            lines.append(f"{i}.jpg,{'rare' if i < 2 else row['label_name']}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    assert main(["init", str(tmp_path), "--out", str(tmp_path / "space.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "class 'rare' has 2 images, but the val (0.15) and test (0.15) splits carved out of the data need at " \
+           "least 4 images per class to hold one; add images of it, merge it" in err
+    assert not (tmp_path / "space.yaml").exists()

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from search.init import rules
-from search.init.cost import measure_epoch
+from search.init.cost import EpochCost, measure_epoch
 from search.init.fingerprint import Fingerprint, read_fingerprint, with_near_duplicates
 from search.init.render import Entry, render_space
 from search.init.rules import Choice, InitError
 from trainables.config import DataConfig, TrialConfig
-from trainables.data import load_dataset
+from trainables.data import ImageDataset, load_dataset
 from trainables.data.sources import (
     data_root,
     is_under_data_root,
@@ -94,31 +94,56 @@ def configure(source: str, options: InitOptions = InitOptions()) -> InitResult:
         raise InitError(f"--budget {options.budget} leaves no time to train: a study spends ~{rules.STARTUP_S:.0f} s "
                         "starting; pass --budget 5m or more")
     path = find_data(source)
-    fingerprint = read_fingerprint(path)
     cuda = torch.cuda.is_available()
+    fingerprint, data_config, data, read = _read_data(path, options, cap=224 if cuda else 128)
     slots = torch.cuda.device_count() if cuda else (os.cpu_count() or 1)
-    modality = rules.modality_rule(fingerprint, options.modality)
-    size = rules.image_size_rule(fingerprint, cap=224 if cuda else 128)
-    channels = rules.channels_rule(fingerprint.gray)
-    groups = rules.groups_rule(fingerprint)
-    data_config = dataclasses.replace(fingerprint.config, image_size=size.value, channels=channels.value,
-                                      group_column=groups.value,
-                                      allow_group_overlap=bool(groups.value and fingerprint.group_overlap))
-    data = load_dataset(data_config)
-    fingerprint = with_near_duplicates(fingerprint, data)
-    side = int(data.images.shape[1])
+    sized, costs, hub = _size_study(data, options, rules.compute_seconds(budget_s, slots), budget_s)
+    decisions = Decisions(**read, **sized, class_weighting=rules.class_weighting_rule(fingerprint),
+                          augment=rules.augmentation_rule(read["modality"].value,
+                                                          sized["input_size"].value or int(data.images.shape[1])))
+    name = options.name or study_name(path)
+    entries = _entries(path, data_config, fingerprint, decisions, options, hub, cuda)
+    costs_line = ", ".join(f"{n} {c.epoch_seconds():.2g} s" for n, c in costs.items())
+    lines = [*fingerprint.lines(),
+             (f"measured one epoch (train all of train, score val) here "
+             f"({'GPU' if cuda else '1 CPU thread, as a trial gets'}): {costs_line}; {slots} trials at once")]
+    text = render_space(name, _description(options.question, fingerprint, decisions.modality.value), lines, entries)
+    return InitResult(text=text, name=name,
+                      lines=lines + [f"{e.key}: {e.shown}    # {e.reason}" for e in entries if e.reason],
+                      seconds=time.perf_counter() - started, cv_folds=decisions.cv_folds.value)
+
+
+def _read_data(path: Path, options: InitOptions, cap: int) -> tuple[Fingerprint, DataConfig, ImageDataset,
+                                                                      dict[str, Choice]]:
+    """The fingerprint, the data settings chosen from it, the decoded data, and those choices."""
+    fingerprint = read_fingerprint(path)
+    chosen = {"modality": rules.modality_rule(fingerprint, options.modality),
+              "image_size": rules.image_size_rule(fingerprint, cap=cap),
+              "channels": rules.channels_rule(fingerprint.gray),
+              "groups": rules.groups_rule(fingerprint)}
+    data_config = dataclasses.replace(fingerprint.config, image_size=chosen["image_size"].value,
+                                      channels=chosen["channels"].value, group_column=chosen["groups"].value,
+                                      allow_group_overlap=bool(chosen["groups"].value and fingerprint.group_overlap))
+    rules.class_sizes_rule(fingerprint, data_config.val_fraction, data_config.test_fraction)  # before decoding
+    data = load_dataset(data_config)  # cached: the study reads it back
+    return with_near_duplicates(fingerprint, data), data_config, data, chosen
+
+
+def _size_study(data: ImageDataset, options: InitOptions, compute: float,
+                budget_s: float) -> tuple[dict[str, Choice], dict[str, EpochCost], bool]:
+    """The choices that depend on measured cost and the budget, the costs, and whether weights need the hub."""
+    from search.study.noise import resolve_grace_period
+    from trainables.models import backbone_stages
 
     available = rules.offline_backbones()
-    hub = not available
     candidates = available or ["tf_efficientnet_lite0"]  # its weights then come from the timm hub
-    input_size = rules.input_size_rule(side, pretrained=True)
+    input_size = rules.input_size_rule(int(data.images.shape[1]), pretrained=True)
     batch = rules.batch_size_rule(len(data.splits["train"]))
     base = TrialConfig(input_size=input_size.value, batch_size=batch.value)
-    compute = rules.compute_seconds(budget_s, slots)
     floor = min(1.0, rules.MIN_TRAIN_IMAGES / max(len(data.splits["train"]), 1))
     costs = {"cnn3": measure_epoch(dataclasses.replace(base, backbone="cnn3"), data)}
     budget = rules.budget_rule(budget_s, costs["cnn3"], floor)  # before measuring the larger backbones
-    for name in (["cnn9"] + candidates if options.question in ("transfer", "all") else candidates[:1]):
+    for name in (["cnn9", *candidates] if options.question in ("transfer", "all") else candidates[:1]):
         costs[name] = measure_epoch(dataclasses.replace(base, backbone=name), data)
     pool = np.concatenate([data.splits["train"], data.splits["val"]])
     smallest = int(np.bincount(data.labels[pool], minlength=data.num_classes).min())
@@ -128,32 +153,15 @@ def configure(source: str, options: InitOptions = InitOptions()) -> InitResult:
     epochs = rules.epochs_rule(typical, fraction.value, folds.value, compute)
     backbones = rules.backbones_rule(options.question, costs, candidates, fraction.value, folds.value,
                                      epochs.value, compute)
-    per_epoch = [costs[name].epoch_seconds(fraction.value, folds.value) for name in backbones.value]
-    fit = rules.trials_that_fit(per_epoch, epochs.value, compute)
-    samples = rules.num_samples_rule(fit)
-    reduction = rules.reduction_factor_rule(fit)
-    weighting = rules.class_weighting_rule(fingerprint)
-    augment = rules.augmentation_rule(modality.value, input_size.value or side)
-    from trainables.models import backbone_stages
-
-    question = rules.question_rule(options.question, backbone_stages(candidates[0]))
-    from search.study.noise import resolve_grace_period
-
-    _grace_value, grace_why = resolve_grace_period("auto", data, folds.value, epochs.value)
-
-    name = options.name or study_name(path)
-    decisions = Decisions(modality, size, channels, groups, fraction, input_size, batch, epochs, weighting, augment,
-                          backbones, question, samples, folds, budget, reduction,
-                          Choice("auto", grace_why.removeprefix("scheduler.grace_period auto: ")))
-    entries = _entries(path, data_config, fingerprint, decisions, options, hub, cuda)
-    costs_line = ", ".join(f"{n} {c.epoch_seconds():.2g} s" for n, c in costs.items())
-    lines = fingerprint.lines() + [
-        (f"measured one epoch (train all of train, score val) here ({'GPU' if cuda else '1 CPU thread, as a trial gets'}): "
-        f"{costs_line}; {slots} trials at once")]
-    text = render_space(name, _description(options.question, fingerprint, modality.value), lines, entries)
-    return InitResult(text=text, name=name, lines=lines + [f"{e.key}: {e.shown}    # {e.reason}" for e in entries
-                                                           if e.reason],
-                      seconds=time.perf_counter() - started, cv_folds=folds.value)
+    fit = rules.trials_that_fit([costs[name].epoch_seconds(fraction.value, folds.value) for name in backbones.value],
+                                epochs.value, compute)
+    _, grace_why = resolve_grace_period("auto", data, folds.value, epochs.value)
+    chosen = {"train_fraction": fraction, "input_size": input_size, "batch_size": batch, "epochs": epochs,
+              "backbones": backbones, "question": rules.question_rule(options.question, backbone_stages(candidates[0])),
+              "num_samples": rules.num_samples_rule(fit), "cv_folds": folds, "budget": budget,
+              "reduction_factor": rules.reduction_factor_rule(fit),
+              "grace_period": Choice("auto", grace_why.removeprefix("scheduler.grace_period auto: "))}
+    return chosen, costs, not available
 
 
 def write_space(result: InitResult, out: Path, force: bool = False) -> Path:

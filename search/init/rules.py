@@ -136,6 +136,33 @@ def augmentation_rule(modality: str, input_side: int) -> Choice:
                   f"orientation unknown: no flips (pass --modality histology if it has none); {shift} px shifts")
 
 
+def class_sizes_rule(fingerprint: Fingerprint, val_fraction: float, test_fraction: float) -> Choice:
+    """Every class must be able to appear in each split carved out of the data; refuse one that cannot.
+
+    A split the source does not define is carved per class, ``round(count x fraction)``
+    images of each class (as the loader carves it), and train keeps the rest: a class
+    needs the smallest count for which each carved split gets one and train keeps one.
+
+    Raises:
+        InitError: a class too small for the splits, naming it, its count and the fix.
+    """
+    carved = {name: fraction for name, fraction in (("val", val_fraction), ("test", test_fraction))
+              if name not in fingerprint.source_splits and fraction > 0}
+    if not carved:
+        return Choice(None, "the source defines every split")
+    need = next(n for n in range(1, 10**6) if all(round(n * f) >= 1 for f in carved.values())
+                and n - sum(round(n * f) for f in carved.values()) >= 1)
+    small = [(name, count) for name, count in zip(fingerprint.class_names, fingerprint.class_counts) if count < need]
+    if small:
+        listed = ", ".join(f"{name!r} has {count}" for name, count in small)
+        splits = " and ".join(f"{name} ({fraction:g})" for name, fraction in carved.items())
+        raise InitError(f"{fingerprint.source}: class {listed} image{'s' if small[0][1] != 1 else ''}, but the "
+                        f"{splits} split{'s' if len(carved) > 1 else ''} carved out of the data need at least {need} "
+                        "images per class to hold one; add images of it, merge it into another class, or leave it "
+                        "out of the manifest")
+    return Choice(None, f"every class has at least {need} images: each split holds every class")
+
+
 def batch_size_rule(train_images: int) -> Choice:
     """64 images per batch, 32 when the training split is small (at least ~20 steps per epoch)."""
     if train_images < 1280:
