@@ -105,3 +105,32 @@ def test_asha_replay_stops_below_the_cutoff_unless_within_the_margin():
     rows = {(r["grace"], r["margin"]): r for r in asha.measure(curves, se=0.05)}
     assert rows[(1, 2.0)]["found"] == 1.0 and rows[(1, 2.0)]["cost"] == 1.0 and rows[(1, 2.0)]["regret"] == 0.0
     assert rows[(1, 0.0)]["found"] < 1.0 and rows[(1, 0.0)]["regret"] > 0.0 and rows[(1, 0.0)]["cost"] < 1.0
+
+
+def test_init_space_benchmark_runs_the_shipped_hand_space_and_judges_init_against_its_interval(tmp_path, capsys,
+                                                                                              data_root, monkeypatch):
+    import json
+
+    from search.space import load_space
+
+    bench = _load("init_space")
+    monkeypatch.setenv("MEDTUNE_DATA", str(data_root))
+    for dataset in bench.DATASETS:  # each hand-written space, renamed and pointed at its data, still validates
+        folder = tmp_path / dataset
+        folder.mkdir()
+        space = load_space(bench.hand_space(dataset, folder))
+        assert space.name == f"hand-{dataset}" and Path(space.data.source).exists()
+    for dataset, (init, hand) in {"breast": (0.85, 0.80), "pneumonia": (0.90, 0.95)}.items():
+        folder = tmp_path / dataset
+        (folder / "meta.json").write_text(json.dumps({"budget": "5m", "load": "1.0"}))
+        (folder / "init.log").write_text("tune.cv_folds: 5    # small\nwrote x.yaml in 17 s; it validates\n")
+        for arm, auc in (("init", init), ("hand", hand)):
+            (folder / "exports" / arm).mkdir(parents=True)
+            (folder / "exports" / arm / "metrics.json").write_text(json.dumps({
+                "test_decision": {"auc": auc, "auc_low": auc - 0.03, "auc_high": auc + 0.03},
+                "best": {"value": auc}, "search": {"trials": 7}, "ensemble": {"members": [{}]}}))
+    bench.report(tmp_path, write_docs=False)
+    out = capsys.readouterr().out
+    assert "| breast | 17 s | 0.850 (0.820-0.880), 7 trials | 0.800 (0.770-0.830), 7 trials | better |" in out
+    assert "| pneumonia | 17 s | 0.900 (0.870-0.930), 7 trials | 0.950 (0.920-0.980), 7 trials | worse |" in out
+    assert "| breast | cv_folds 5 |" in out
