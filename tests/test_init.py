@@ -38,15 +38,16 @@ def test_budget_rules_size_the_study_and_refuse_a_budget_shorter_than_one_epoch(
     assert rules.budget_rule(900, small, 1.0).value == 900
     compute = rules.compute_seconds(900, slots=2)
     assert compute == (900 - rules.STARTUP_S) * 2
-    # all of train when 12 trials x 3 epochs fit, else a subsample, never below 1000 images
+    # all of train when 4 trials x 3 epochs fit, else a subsample, never below 1000 images
     assert rules.train_fraction_rule(small, 1, compute).value == 1.0
-    heavy = cost(0.1)  # 400 s per epoch
+    assert rules.train_fraction_rule(cost(0.02), 1, compute).value == 1.0  # 4 x 3 x 80 s = 16 min of 28.7
+    heavy = cost(0.2)  # 800 s per epoch
     fraction = rules.train_fraction_rule(heavy, 1, compute)
     assert fraction.value == 0.25 and "each trial trains on 1000" in fraction.reason  # floor: 1000 of 4000
-    assert rules.train_fraction_rule(cost(0.02), 1, compute).value == pytest.approx(0.59, abs=0.01)
+    assert rules.train_fraction_rule(cost(0.06), 1, compute).value == pytest.approx(0.59, abs=0.01)
     epochs = rules.epochs_rule(small, 1.0, 1, compute)
     assert 2 <= epochs.value <= 12 and "40 s per epoch" in epochs.reason
-    assert rules.epochs_rule(heavy, 0.25, 1, compute).value == 2  # 2 x 1720 / (12 x 100) = 2.9: at least 2
+    assert rules.epochs_rule(heavy, 0.25, 1, compute).value == 2  # 2 x 1720 / (12 x 200) = 1.4: at least 2
     assert rules.reduction_factor_rule(20).value == 3 and rules.reduction_factor_rule(5).value == 2
     assert rules.num_samples_rule(3).value == 16 and rules.num_samples_rule(40).value == 80
 
@@ -101,8 +102,8 @@ def test_augmentations_and_weights_follow_the_modality_and_the_class_balance(dat
     pcam = read_fingerprint(data_root / "pcam_kaggle_sample")
     assert rules.modality_rule(pcam, None).value == "histology" and not pcam.gray
     assert rules.image_size_rule(breast, cap=128).value is None  # uniform 28 px: native
-    assert rules.input_size_rule(28, pretrained=True).value == 64
-    assert rules.input_size_rule(96, pretrained=True).value is None
+    assert rules.input_size_rule(28).value == 64 and "scratch trials train at 28 px" in rules.input_size_rule(28).reason
+    assert rules.input_size_rule(96).value is None
 
 
 # ------------------------------------------------------------------------------- fingerprints
@@ -196,6 +197,7 @@ def test_questions_write_their_dimensions_and_a_budget_too_short_is_refused_befo
     space = load_space(write_space(result, tmp_path / "features.yaml"))
     assert space.params["backbone"] == "tf_efficientnet_lite0" and space.params["pretrained"] is True
     assert space.search["frozen_stages"].values == (0, 5) and "backbone" not in space.search
+    assert space.params["input_size"] == 64  # every trial is pretrained: all upsampled
     assert result.cv_folds in (1, 5)
     with pytest.raises(InitError, match=r"--budget 30s leaves no time to train"):
         configure("medmnist/breastmnist.npz", InitOptions(budget="30s"))

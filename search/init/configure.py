@@ -99,8 +99,7 @@ def configure(source: str, options: InitOptions = InitOptions()) -> InitResult:
     slots = torch.cuda.device_count() if cuda else (os.cpu_count() or 1)
     sized, costs, hub = _size_study(data, options, rules.compute_seconds(budget_s, slots), budget_s)
     decisions = Decisions(**read, **sized, class_weighting=rules.class_weighting_rule(fingerprint),
-                          augment=rules.augmentation_rule(read["modality"].value,
-                                                          sized["input_size"].value or int(data.images.shape[1])))
+                          augment=rules.augmentation_rule(read["modality"].value, int(data.images.shape[1])))
     name = options.name or study_name(path)
     entries = _entries(path, data_config, fingerprint, decisions, options, hub, cuda)
     costs_line = ", ".join(f"{n} {c.epoch_seconds():.2g} s" for n, c in costs.items())
@@ -137,17 +136,21 @@ def _size_study(data: ImageDataset, options: InitOptions, compute: float,
 
     available = rules.offline_backbones()
     candidates = available or ["tf_efficientnet_lite0"]  # its weights then come from the timm hub
-    input_size = rules.input_size_rule(int(data.images.shape[1]), pretrained=True)
+    input_size = rules.input_size_rule(int(data.images.shape[1]))
     batch = rules.batch_size_rule(len(data.splits["train"]))
-    base = TrialConfig(input_size=input_size.value, batch_size=batch.value)
+    scratch = TrialConfig(batch_size=batch.value)  # scratch trials train at the stored size
+    pretrained = dataclasses.replace(scratch, input_size=input_size.value)
     floor = min(1.0, rules.MIN_TRAIN_IMAGES / max(len(data.splits["train"]), 1))
-    costs = {"cnn3": measure_epoch(dataclasses.replace(base, backbone="cnn3"), data)}
+    costs = {"cnn3": measure_epoch(dataclasses.replace(scratch, backbone="cnn3"), data)}
     budget = rules.budget_rule(budget_s, costs["cnn3"], floor)  # before measuring the larger backbones
     for name in (["cnn9", *candidates] if options.question in ("transfer", "all") else candidates[:1]):
-        costs[name] = measure_epoch(dataclasses.replace(base, backbone=name), data)
+        costs[name] = measure_epoch(dataclasses.replace(scratch if name in rules.SCRATCH else pretrained,
+                                                        backbone=name), data)
     pool = np.concatenate([data.splits["train"], data.splits["val"]])
     smallest = int(np.bincount(data.labels[pool], minlength=data.num_classes).min())
-    typical = costs[candidates[0]]
+    # what an average trial costs: the question's backbones alike (TPE samples each of them early on)
+    typical = rules.mean_cost([costs[name] for name in costs if options.question in ("transfer", "all")
+                               or name not in rules.SCRATCH])
     folds = rules.cv_rule(len(pool), smallest, typical, compute)
     fraction = rules.train_fraction_rule(typical, folds.value, compute)
     epochs = rules.epochs_rule(typical, fraction.value, folds.value, compute)
@@ -246,7 +249,6 @@ def _entries(path: Path, data_config: DataConfig, fingerprint: Fingerprint, d: D
         out.append(Entry("data.train_fraction", fraction.value, fraction.reason))
     params: list[Entry] = [Entry("params.epochs", d.epochs.value, d.epochs.reason),
                            Entry("params.batch_size", d.batch_size.value, d.batch_size.reason),
-                           Entry("params.input_size", d.input_size.value, d.input_size.reason),
                            Entry("params.class_weighting", d.class_weighting.value, d.class_weighting.reason),
                            Entry("params.schedule", "cosine", "decays to 0 by the last epoch")]
     for i, (key, value) in enumerate(d.augment.value.items()):
@@ -266,6 +268,11 @@ def _entries(path: Path, data_config: DataConfig, fingerprint: Fingerprint, d: D
         params.insert(1, Entry("params.pretrained", names[0] not in rules.SCRATCH, question.reason))
     for i, (key, spec) in enumerate(dims.items()):
         searched.append(Entry(f"search.{key}", spec, question.reason if i == 0 else ""))
+    if d.input_size.value is not None and "pretrained" in dims:  # only ImageNet trials are upsampled
+        searched.append(Entry("search.input_size", {"choice": [d.input_size.value], "when": {"pretrained": [True]}},
+                              d.input_size.reason))
+    else:
+        params.insert(3, Entry("params.input_size", d.input_size.value, d.input_size.reason))
     searched += [Entry("search.lr", {"loguniform": [1.0e-4, 3.0e-3], "default": 1.0e-3}, "the head's learning rate"),
                  Entry("search.dropout", {"uniform": [0.0, 0.5], "default": 0.2}, "")]
     if options.question == "all":
