@@ -134,3 +134,15 @@ def test_init_space_benchmark_runs_the_shipped_hand_space_and_judges_init_agains
     assert "| breast | 17 s | 0.850 (0.820-0.880), 7 trials | 0.800 (0.770-0.830), 7 trials | better |" in out
     assert "| pneumonia | 17 s | 0.900 (0.870-0.930), 7 trials | 0.950 (0.920-0.980), 7 trials | worse |" in out
     assert "| breast | cv_folds 5 |" in out
+
+
+def test_study_scale_windows_split_the_driver_time_by_finished_trials():
+    scale = _load("study_scale")
+    # 5 trial ends 2 s apart, driver CPU 0.5 s per trial, then one 1.5 s snapshot in the second window
+    ends = [(100.0 + 2 * i, 10.0 + 0.5 * i, 200 * 1024) for i in range(5)]
+    calls = [(0, "Optuna suggest", 0.2), (1, "Optuna suggest", 0.2), (2, "Tune experiment snapshots", 1.5)]
+    rows = scale.windows({"ends": ends, "calls": calls}, size=2)
+    assert [r["trials"] for r in rows] == ["1-3", "3-5"]
+    assert rows[0]["wall_per_trial"] == 2.0 and rows[0]["cpu_per_trial"] == 0.5
+    assert rows[0]["parts"] == {"Optuna suggest": 0.2} and rows[1]["parts"] == {"Tune experiment snapshots": 0.75}
+    assert rows[1]["rss_mib"] == 200
