@@ -250,8 +250,9 @@ def epochs_rule(cost: EpochCost, train_fraction: float, folds: int, compute_s: f
     epoch = cost.epoch_seconds(train_fraction, folds)
     epochs = int(min(12, max(2, math.floor(2 * compute_s / (TARGET_TRIALS * max(epoch, 1e-3))))))
     where = f" ({folds} folds)" if folds > 1 else ""
-    return Choice(epochs, f"{epoch:.0f} s per epoch{where} of {cost.backbone}: at {epochs} epochs ~{TARGET_TRIALS} or more "
-                          "trials fit, ASHA stopping most after a few")
+    fit = int(2 * compute_s / (epochs * max(epoch, 1e-3)))
+    return Choice(epochs, f"{epoch:.0f} s per epoch{where} of {cost.backbone}: at {epochs} epochs ~{fit} trials fit, "
+                          "ASHA stopping most after a few")
 
 
 def backbones_rule(question: str, costs: dict[str, EpochCost], available: list[str], train_fraction: float,
