@@ -201,10 +201,10 @@ def test_questions_write_their_dimensions_and_a_budget_too_short_is_refused_befo
     assert result.cv_folds in (1, 5)
     with pytest.raises(InitError, match=r"--budget 30s leaves no time to train"):
         configure("medmnist/breastmnist.npz", InitOptions(budget="30s"))
-    # cnn3 takes ~8 s per epoch of PneumoniaMNIST's 4,708 images here: 44 s cannot start and train one
-    with pytest.raises(InitError, match=r"--budget 1m is too short for one epoch of the smallest configuration "
+    # cnn3 takes ~30 s per epoch of lung CT's 769 training images at 128 px here: 50 s cannot start and train one
+    with pytest.raises(InitError, match=r"--budget 50s is too short for one epoch of the smallest configuration "
                                         r"\(cnn3: .* pass --budget [0-9]+m or more"):
-        configure("medmnist/pneumoniamnist.npz", InitOptions(budget="44s"))
+        configure("lung_ct/iqothnccd_1097_256px.zip", InitOptions(budget="50s"))
 
 
 def test_a_folder_without_images_is_refused_with_the_layout_it_needs(tmp_path, capsys):

@@ -324,8 +324,10 @@ def question_rule(question: str, stages: int) -> Choice:
 
 
 def _duration(seconds: float, up: bool = False) -> str:
-    """``90`` -> ``2m`` (rounded up with ``up``), ``5400`` -> ``1.5h``."""
-    minutes = math.ceil(seconds / 60) if up else max(1, round(seconds / 60))
+    """``45`` -> ``45s``, ``90`` -> ``2m`` (rounded up with ``up``), ``5400`` -> ``1.5h``."""
+    if seconds < 60 and not up:
+        return f"{round(seconds)}s"
+    minutes = math.ceil(seconds / 60) if up else round(seconds / 60)
     return f"{minutes}m" if minutes < 120 else f"{minutes / 60:g}h"
 
 
