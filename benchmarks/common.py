@@ -9,6 +9,7 @@ document always says what produced each number.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import re
@@ -113,3 +114,21 @@ def run_report_args(doc: str, workdir: Path, run_options: Callable[[argparse.Arg
         sub.add_argument("--workdir", type=Path, default=workdir)
     os.environ.setdefault("MEDTUNE_DATA", str(ROOT.parent / "shared" / "data"))
     return parser.parse_args()
+
+
+def time_methods(cls: type, names: list[str], record: Callable[[float], None]) -> None:
+    """Wrap ``cls.name`` for each name so that each call's wall seconds go to ``record``."""
+    for name in names:
+        original = getattr(cls, name, None)
+        if original is None:
+            continue
+
+        @functools.wraps(original)
+        def wrapper(*args, __original=original, **kwargs):
+            started = time.perf_counter()
+            try:
+                return __original(*args, **kwargs)
+            finally:
+                record(time.perf_counter() - started)
+
+        setattr(cls, name, wrapper)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import json
 import os
 import statistics
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine, table, write_section  # noqa: E402
+from common import load_average, machine, table, time_methods, write_section  # noqa: E402
 
 SPACE = Path(__file__).resolve().parent / "spaces" / "overhead.yaml"
 
@@ -100,21 +99,11 @@ def measure(study_dir: Path, slots: int) -> dict:
 
 def _time_methods(cls: type, names: list[str], bucket: str, totals: dict, counts: dict) -> None:
     """Wrap ``cls.name`` (for each name) so that its wall time adds up in ``totals[bucket]``."""
-    for name in names:
-        original = getattr(cls, name, None)
-        if original is None:
-            continue
+    def record(seconds: float) -> None:
+        totals[bucket] += seconds
+        counts[bucket] += 1
 
-        @functools.wraps(original)
-        def wrapper(*args, __original=original, **kwargs):
-            started = time.perf_counter()
-            try:
-                return __original(*args, **kwargs)
-            finally:
-                totals[bucket] += time.perf_counter() - started
-                counts[bucket] += 1
-
-        setattr(cls, name, wrapper)
+    time_methods(cls, names, record)
 
 
 def run_benchmark(space: Path, trials: int | None, workdir: Path) -> tuple[dict, dict, dict]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import json
 import os
 import resource
@@ -37,7 +36,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine, run_report_args, table, write_section
+from common import load_average, machine, run_report_args, table, time_methods, write_section
 
 SPACE: dict[str, Any] = {
     "name": "scale",
@@ -61,20 +60,7 @@ class Recorder:
 
     def wrap(self, cls: type, names: list[str], bucket: str) -> None:
         """Time ``cls.name`` for each name into ``bucket``."""
-        for name in names:
-            original = getattr(cls, name, None)
-            if original is None:
-                continue
-
-            @functools.wraps(original)
-            def wrapper(*args, __original=original, **kwargs):
-                started = time.perf_counter()
-                try:
-                    return __original(*args, **kwargs)
-                finally:
-                    self.calls.append((self.finished, bucket, time.perf_counter() - started))
-
-            setattr(cls, name, wrapper)
+        time_methods(cls, names, lambda seconds: self.calls.append((self.finished, bucket, seconds)))
 
     def trial_ended(self) -> None:
         self.finished += 1
