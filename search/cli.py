@@ -139,6 +139,9 @@ def space_beside_study(args: argparse.Namespace) -> str:
                              "pass the space file, or the --name / --storage the study ran with")
         print(f"resuming with the space search init wrote: {path}", flush=True)
         return str(path)
+    if path.is_file():  # the study's own space: rewriting it would break its --resume
+        raise ValueError(f"study {name!r} already has the space search init wrote for it at {path}; pass --resume "
+                         "to continue it, or --name NEW_NAME to configure and start another")
     budget = args.time_budget or "30m"
     result = configure(args.space, InitOptions(budget=budget, name=name))
     write_space(result, path, force=True)

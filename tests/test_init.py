@@ -237,6 +237,9 @@ def test_search_run_data_configures_runs_and_resumes_with_the_space_it_wrote(tmp
     main(["run", str(data_root / "pcam_kaggle_sample"), "--storage", str(storage), "--resume"])
     assert f"resuming with the space search init wrote: {written}" in capsys.readouterr().out
     assert written.read_text() == before  # resume reuses the space instead of configuring anew
+    assert main(args) == 2  # a second start would overwrite the study's space: refused
+    assert "already has the space search init wrote for it" in capsys.readouterr().err
+    assert written.read_text() == before
 
 
 def test_a_class_too_small_for_the_splits_is_refused_before_decoding_with_the_counts(tmp_path, data_root, capsys):
