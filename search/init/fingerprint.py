@@ -24,7 +24,6 @@ from trainables.config import DataConfig
 from trainables.data import DataError, ImageDataset
 from trainables.data.dicom import is_dicom
 from trainables.data.sources import (
-    FORMATS,
     Manifest,
     csv_header,
     detect_format,
@@ -49,7 +48,7 @@ class Fingerprint:
     """A data source as ``search init`` sees it.
 
     Attributes:
-        source: the resolved source path; format: its layout (one of ``FORMATS``).
+        source: the resolved source path; format: its layout (one of ``trainables.data.sources.FORMATS``).
         config: the data settings that read it (the columns found, the group column).
         class_names / class_counts: the classes, index = label, and images per class.
         sides: shorter image side over the scanned images (``min``, ``median``, ``max``).
@@ -83,7 +82,6 @@ class Fingerprint:
     near_duplicates: int | None = None
     frames: int = 0
     size_example: tuple[int, int] = (0, 0)
-    columns: tuple[str, ...] = field(default=())
 
     @property
     def images(self) -> int:
@@ -182,7 +180,7 @@ def read_fingerprint(path: Path) -> Fingerprint:
         scanned=scan.read, unreadable=scan.unreadable,
         groups=len(set(manifest.groups.tolist())) if manifest.groups is not None else 0,
         group_overlap=len(overlap), source_splits=splits, hint=str(path).lower(), frames=scan.frames,
-        size_example=example, columns=tuple(csv_header(path)) if manifest.format == "csv" else (),
+        size_example=example,
     )
 
 
@@ -273,4 +271,4 @@ def _thumbnail_digests(images: np.ndarray, side: int = 16) -> list[bytes]:
     return digests
 
 
-__all__ = ["FORMATS", "Fingerprint", "data_settings", "find_column", "read_fingerprint", "with_near_duplicates"]
+__all__ = ["Fingerprint", "data_settings", "find_column", "read_fingerprint", "with_near_duplicates"]
